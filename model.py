@@ -359,14 +359,20 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
-        """Prefill idx (B, T) once, then one forward_with_state step per new token."""
+        """Prefill idx (B, T) once, then one forward_with_state step per new token; returns idx + new tokens."""
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator))
+        return torch.cat([idx, *new], dim=1)
+
+    @torch.no_grad()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Like generate(), but yields each new token (B, 1) as soon as it is sampled."""
         logits, state = self.forward_with_state(self.crop_prompt(idx))
         for i in range(max_new_tokens):
             idx_next = sample(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx = torch.cat((idx, idx_next), dim=1)
+            yield idx_next
             if i + 1 < max_new_tokens:
+                idx = torch.cat((idx, idx_next), dim=1)
                 logits, state = self.next_state(idx, idx_next, state)
-        return idx
 
     def crop_prompt(self, idx):
         return idx
