@@ -1,0 +1,284 @@
+"""model.py: every block causal and batch-independent, recurrent == parallel, TinyMoE routing and aux loss."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, ChannelMix, CausalSelfAttention, MicroRWKV, TimeMix, TinyMoE, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+V = 97  # a small vocabulary keeps the tests fast
+
+
+def tiny_config(**overrides):
+    """All five blocks, small: window 8 and chunk 16 so that T=45 crosses both (45 is no multiple of 16)."""
+    args = dict(block_size=64, vocab_size=V, n_layer=2, n_head=4, n_embd=32, head_size=8, chunk_len=16,
+                window_size=8, n_kv_head=2, num_experts=4, num_active_experts=2, expert_dim=48)
+    args.update(overrides)
+    return GPTConfig(**args)
+
+
+def randomize(module, scale=0.3, seed=0):
+    """Weights of non-trivial scale: the small init would hide leaks behind near-zero activations."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return module.eval()
+
+
+def block_output(block, x):
+    out = block(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+BLOCKS = {
+    "timemix": lambda c: TimeMix(c, layer_id=1),
+    "channelmix": lambda c: ChannelMix(c, layer_id=1),
+    "swa": lambda c: CausalSelfAttention(c, n_kv_head=c.n_head, window_size=c.window_size),
+    "gqa": lambda c: CausalSelfAttention(c, n_kv_head=c.n_kv_head),
+    "moe": lambda c: TinyMoE(c),
+}
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_block_is_causal_and_keeps_batch_rows_independent(name):
+    config = tiny_config()
+    block = randomize(BLOCKS[name](config))
+    torch.manual_seed(1)
+    x = torch.randn(3, 45, config.n_embd)
+    y = block_output(block, x)
+    t = 20
+    x2 = x.clone()
+    x2[1, t] += torch.randn(config.n_embd)
+    y2 = block_output(block, x2)
+    assert torch.equal(y2[:, :t], y[:, :t]), "an output before t changed"
+    assert torch.equal(y2[0], y[0]) and torch.equal(y2[2], y[2]), "another batch row changed"
+    assert not torch.allclose(y2[1, t], y[1, t]), "the changed token had no effect at all"
+
+
+@pytest.mark.parametrize("model_type", ["microrwkv", "gpt"])
+def test_model_is_causal_and_keeps_batch_rows_independent(model_type):
+    model = randomize(build_model(tiny_config(model_type=model_type)))
+    idx = torch.randint(0, V, (3, 45), generator=torch.Generator().manual_seed(2))
+    logits, _ = model(idx, idx)
+    t = 30
+    idx2 = idx.clone()
+    idx2[1, t] = (idx[1, t] + 1) % V
+    logits2, _ = model(idx2, idx2)
+    assert torch.equal(logits2[:, :t], logits[:, :t])
+    assert torch.equal(logits2[0], logits[0]) and torch.equal(logits2[2], logits[2])
+    assert not torch.allclose(logits2[1, t:], logits[1, t:])
+
+
+def test_swa_sees_exactly_its_window():
+    config = tiny_config()
+    swa = randomize(BLOCKS["swa"](config))
+    x = torch.randn(1, 30, config.n_embd)
+    y = block_output(swa, x)
+    x2 = x.clone()
+    x2[0, 10] += 1.0
+    y2 = block_output(swa, x2)
+    W = config.window_size
+    assert torch.equal(y2[0, 10 + W:], y[0, 10 + W:]), "a token outside the window was seen"
+    assert not torch.allclose(y2[0, 10 + W - 1], y[0, 10 + W - 1]), "the window's oldest token was not seen"
+
+
+def test_gqa_shares_narrow_key_value_projections():
+    config = tiny_config()
+    gqa = BLOCKS["gqa"](config)
+    head_dim = config.n_embd // config.n_head
+    assert gqa.key.weight.shape == (config.n_kv_head * head_dim, config.n_embd)
+    assert gqa.value.weight.shape == (config.n_kv_head * head_dim, config.n_embd)
+
+
+def feed(model, idx, pieces):
+    """Logits of idx fed through forward_with_state in consecutive pieces of the given lengths."""
+    state, out, start = None, [], 0
+    for length in pieces:
+        logits, state = model.forward_with_state(idx[:, start:start + length], state)
+        out.append(logits)
+        start += length
+    assert start == idx.shape[1]
+    return torch.cat(out, dim=1), state
+
+
+@pytest.mark.parametrize("model_type", ["microrwkv", "gpt"])
+def test_recurrent_equals_parallel(model_type):
+    model = randomize(build_model(tiny_config(model_type=model_type)))
+    T = 45  # > window_size (8), not a multiple of chunk_len (16)
+    idx = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits, _ = model(idx, idx)
+        assert logits.shape == (2, T, V)
+        for pieces in ([T], [1] * T, [5, 1, 17, 2, 20]):
+            recurrent, _ = feed(model, idx, pieces)
+            assert (recurrent - logits).abs().max().item() < 1e-4, pieces
+
+
+def test_last_position_logits_without_targets():
+    model = randomize(build_model(tiny_config()))
+    idx = torch.randint(0, V, (2, 20))
+    with torch.no_grad():
+        logits, loss = model(idx)
+        full, _ = model(idx, idx)
+    assert loss is None and logits.shape == (2, 1, V)
+    assert torch.allclose(logits[:, 0], full[:, -1], atol=1e-5)
+
+
+def naive_timemix(tm, x):
+    """TimeMix token by token, straight from the recurrence in its docstring, written independently."""
+    B, T, C = x.shape
+    H, N = tm.n_head, tm.head_size
+    w = torch.exp(-torch.exp(tm.time_decay))
+    u = tm.time_faaaa
+    S = torch.zeros(B, H, N, N)
+    x_prev = torch.zeros(B, C)
+    ys = []
+    for t in range(T):
+        xt = x[:, t]
+        mix = lambda maa: xt + (x_prev - xt) * maa  # noqa: E731
+        r = tm.receptance(mix(tm.time_maa_r)).view(B, H, N)
+        k = tm.key(mix(tm.time_maa_k)).view(B, H, N)
+        v = tm.value(mix(tm.time_maa_v)).view(B, H, N)
+        g = torch.nn.functional.silu(tm.gate(mix(tm.time_maa_g)))
+        y = torch.einsum("bhi,bhij->bhj", r, S) + torch.einsum("bhi,hi,bhi->bh", r, u, k)[..., None] * v
+        S = w.view(1, H, 1, 1) * S + torch.einsum("bhi,bhj->bhij", k, v)
+        ys.append(tm.output(tm.ln_x(y.reshape(B, C)) * g))
+        x_prev = xt
+    return torch.stack(ys, dim=1), S
+
+
+def test_chunked_timemix_equals_naive_recurrence():
+    config = tiny_config()
+    tm = randomize(TimeMix(config, layer_id=1))
+    x = torch.randn(2, 45, config.n_embd)
+    with torch.no_grad():
+        y, (_, S) = tm(x)
+        y_naive, S_naive = naive_timemix(tm, x)
+    assert (y - y_naive).abs().max().item() < 1e-4
+    assert (S - S_naive).abs().max().item() < 1e-4
+
+
+def test_timemix_state_is_float32_under_bf16_autocast():
+    config = tiny_config()
+    tm = randomize(TimeMix(config, layer_id=0))
+    x = torch.randn(1, 20, config.n_embd)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, (_, S) = tm(x)
+        _, (_, S_step) = tm.step(x[:, :1], (x[:, 0], S))
+    assert S.dtype == torch.float32 and S_step.dtype == torch.float32
+
+
+def test_moe_output_depends_only_on_chosen_experts():
+    config = tiny_config(num_experts=4, num_active_experts=2)
+    moe = randomize(TinyMoE(config))
+    x = torch.randn(1, 6, config.n_embd)
+    with torch.no_grad():
+        y, _ = moe(x)
+        chosen = moe.router(x[0]).topk(2, dim=-1).indices
+        unchosen = sorted(set(range(4)) - set(chosen[0].tolist()))
+        for e in unchosen:  # wreck an expert token 0 did not pick
+            moe.experts[e][0].weight.mul_(-7.0)
+        y2, _ = moe(x)
+        assert torch.equal(y2[0, 0], y[0, 0])
+        moe.experts[chosen[0, 0]][0].weight.mul_(-7.0)  # and now one it did
+        y3, _ = moe(x)
+        assert not torch.allclose(y3[0, 0], y[0, 0])
+
+
+def test_moe_aux_loss_minimal_when_balanced_and_grows_with_imbalance():
+    config = tiny_config(num_experts=4, num_active_experts=1)
+    moe = TinyMoE(config)
+    x = torch.randn(4, 16, config.n_embd)
+    x[..., 0] = 1.0  # a feature every token has, for the router to favour expert 0 by
+    losses = []
+    with torch.no_grad():
+        for skew in (0.0, 1.0, 3.0, 10.0):  # router pushed ever harder towards expert 0
+            moe.router.weight.zero_()
+            moe.router.weight[0, 0] = skew
+            losses.append(moe(x)[1].item())
+    assert losses[0] == pytest.approx(1.0, abs=1e-6)  # uniform routing: the minimum, 1
+    assert losses == sorted(losses) and losses[-1] > 3.0  # grows towards E = 4
+
+
+def test_moe_router_receives_gradient_and_aux_loss_is_in_the_loss():
+    config = tiny_config(num_experts=4, num_active_experts=2, aux_loss_weight=0.5)
+    model = randomize(build_model(config), scale=0.1)
+    model.train()
+    idx = torch.randint(0, V, (2, 20))
+    logits, loss, aux = model(idx, idx, return_aux_loss=True)
+    ce = torch.nn.functional.cross_entropy(logits.view(-1, V), idx.view(-1))
+    assert loss.item() == pytest.approx(ce.item() + 0.5 * aux.item(), rel=1e-5)
+    loss.backward()
+    for block in model.blocks:
+        assert block.moe.router.weight.grad.abs().sum() > 0
+
+
+def test_pure_rwkv_and_swa_state_does_not_grow():
+    config = tiny_config(block_size=32, use_gqa=False, use_moe=False)
+    model = randomize(MicroRWKV(config))
+    assert model.blocks[0].swa is not None and model.blocks[0].gqa is None
+
+    def state_bytes(state):
+        if torch.is_tensor(state):
+            return state.numel() * state.element_size()
+        if isinstance(state, (list, tuple)):
+            return sum(state_bytes(s) for s in state)
+        if isinstance(state, dict):
+            return sum(state_bytes(s) for s in state.values())
+        return 0
+
+    idx = torch.randint(0, V, (1, 2 * config.block_size))
+    sizes, state = [], None
+    with torch.no_grad():
+        for t in range(idx.shape[1]):
+            _, state = model.forward_with_state(idx[:, t:t + 1], state)
+            sizes.append(state_bytes(state))
+    assert sizes[9] == sizes[-1] > 0
+
+
+def test_architecture_switches():
+    pure = MicroRWKV(tiny_config(use_swa=False, use_gqa=False, use_moe=False))
+    assert all(b.swa is None and b.gqa is None and b.moe is None for b in pure.blocks)
+    sparse_attn = MicroRWKV(tiny_config(n_layer=4, attn_every=2))
+    assert [b.swa is not None for b in sparse_attn.blocks] == [False, True, False, True]
+    assert [b.gqa is not None for b in sparse_attn.blocks] == [False, True, False, True]
+    with pytest.raises(ValueError, match="model_type"):
+        build_model(tiny_config(model_type="lstm"))
+
+
+@pytest.mark.parametrize("model_type", ["microrwkv", "gpt"])
+def test_generate_prefills_once_then_one_token_per_step(model_type):
+    model = randomize(build_model(tiny_config(model_type=model_type, block_size=32)))
+    calls = []
+    original = model._forward
+    model._forward = lambda idx, state, all_logits: calls.append(idx.shape[1]) or original(idx, state, all_logits)
+    prompt = torch.randint(0, V, (2, 5))
+    out = model.generate(prompt, max_new_tokens=40, temperature=0)  # 45 tokens > block_size
+    assert out.shape == (2, 45) and torch.equal(out[:, :5], prompt)
+    if model_type == "microrwkv":
+        assert calls == [5] + [1] * 39
+    else:  # learned positions: the cache is re-prefilled with half a block when it is full
+        assert calls[0] == 5 and max(calls) <= 16 and len(calls) == 40
+
+
+def test_weight_decay_groups():
+    model = build_model(tiny_config())
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    for name, p in model.named_parameters():
+        should_decay = p.dim() >= 2 and ".time_" not in name
+        assert (id(p) in decayed) == should_decay, name
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_readme_table_config_builds_and_prints_its_size():
+    out = subprocess.run([sys.executable, "model.py"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "parameters" in out.stdout
+    config = GPTConfig()
+    assert (config.block_size, config.vocab_size, config.n_layer, config.n_head, config.n_embd) == (1024, 50304, 8, 8, 768)
+    assert (config.num_experts, config.num_active_experts, config.expert_dim, config.dropout, config.bias) == (4, 4, 512, 0.0, False)
+    assert isinstance(GPT(GPTConfig(n_layer=1, n_embd=64, n_head=2, vocab_size=V)), GPT)
