@@ -199,8 +199,9 @@ class ChannelMix(nn.Module):
         ratio_1_to_almost0 = 1.0 - layer_id / config.n_layer
         self.time_maa_k = nn.Parameter(1.0 - ddd.pow(ratio_1_to_almost0))
         self.time_maa_r = nn.Parameter(1.0 - ddd.pow(ratio_1_to_almost0))
-        self.key = nn.Linear(C, 4 * C, bias=config.bias)
-        self.value = nn.Linear(4 * C, C, bias=config.bias)
+        hidden = int(3.5 * C) // 32 * 32  # RWKV-5's 3.5x (not 4x): with TimeMix's gate, a layer stays near GPT's size
+        self.key = nn.Linear(C, hidden, bias=config.bias)
+        self.value = nn.Linear(hidden, C, bias=config.bias)
         self.receptance = nn.Linear(C, C, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -348,7 +349,7 @@ class LanguageModel(nn.Module):
         logits, _, aux_loss = self._forward(idx, None, all_logits=targets is not None)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
             loss = loss + self.config.aux_loss_weight * aux_loss
         return (logits, loss, aux_loss) if return_aux_loss else (logits, loss)
 
