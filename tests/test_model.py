@@ -20,12 +20,16 @@ def tiny_config(**overrides):
     return GPTConfig(**args)
 
 
-def randomize(module, scale=0.3, seed=0):
-    """Weights of non-trivial scale: the small init would hide leaks behind near-zero activations."""
+def randomize(module, scale=1.0, seed=0):
+    """Weights of non-trivial scale: the small init would hide leaks behind near-zero activations.
+
+    Matrices get N(0, scale^2 / fan_in) added (unit gain: activations neither vanish nor explode), vectors
+    (norms, biases, time_* parameters) N(0, (0.3 scale)^2)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
+            std = scale / p.shape[-1] ** 0.5 if p.dim() >= 2 else 0.3 * scale
+            p.add_(torch.randn(p.shape, generator=gen) * std)
     return module.eval()
 
 
@@ -206,7 +210,7 @@ def test_moe_aux_loss_minimal_when_balanced_and_grows_with_imbalance():
 
 def test_moe_router_receives_gradient_and_aux_loss_is_in_the_loss():
     config = tiny_config(num_experts=4, num_active_experts=2, aux_loss_weight=0.5)
-    model = randomize(build_model(config), scale=0.1)
+    model = randomize(build_model(config), scale=0.3)
     model.train()
     idx = torch.randint(0, V, (2, 20))
     logits, loss, aux = model(idx, idx, return_aux_loss=True)
