@@ -161,7 +161,7 @@ def hub_splits(name, streaming):
         raise DataError(f"could not download {name} from the Hugging Face hub (no network?); "
                         "use --source FILE or --synthetic N") from None
     except FileNotFoundError:  # datasets' DatasetNotFoundError
-        raise DataError(f"dataset {name} not found on the Hugging Face hub") from None
+        raise DataError(f"dataset {name} not found on the Hugging Face hub or on disk") from None
     for split in ("train", "validation"):
         if split not in ds:
             raise DataError(f"dataset {name} has no '{split}' split (it has: {', '.join(ds)})")
@@ -421,9 +421,8 @@ def dataset_name(base, num_stories):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        description="Tokenize TinyStories (hub, local files or a synthetic smoke-test corpus) with the "
-                    "GPT-2 BPE into data/<name>/{train,val}.bin + meta.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Tokenize TinyStories with the GPT-2 BPE into data/<name>/{train,val}.bin + meta.json. "
+                    "Without --source or --synthetic it downloads the hub dataset into data/tinystories/.")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--source", nargs="+", metavar="PATH",
                      help="local files instead of the hub: .txt (stories separated by a line <|endoftext|>, "
@@ -433,22 +432,23 @@ def parse_args(argv):
                      help="N procedurally generated children's stories, for a machine with no network: a "
                           "smoke-test corpus, not TinyStories. Default name: synthetic")
     parser.add_argument("--hf_dataset", default=HF_DATASET,
-                        help="hub dataset to download when neither --source nor --synthetic is given; "
-                             "needs 'train' and 'validation' splits with a 'text' field")
+                        help="Hugging Face dataset used when neither --source nor --synthetic is given: a hub id, or a "
+                             "directory datasets.load_dataset reads (e.g. train.jsonl + validation.jsonl); it needs "
+                             "'train' and 'validation' splits with a 'text' or 'story' field (default: %(default)s)")
     parser.add_argument("--val_source", nargs="+", metavar="PATH",
                         help="validation files for --source (same formats); otherwise --val_fraction is split off")
     parser.add_argument("--val_fraction", type=float,
                         help="fraction of the stories held out for val with --source (no --val_source) or "
-                             "--synthetic; chosen by --seed [default: 0.1]")
+                             "--synthetic; chosen by --seed (default: 0.1)")
     parser.add_argument("--num_stories", type=int, metavar="N",
                         help="use only the first N train stories (and the first N // 10 of a separate "
                              "validation set); the name gets a suffix, e.g. tinystories_15k")
-    parser.add_argument("--seed", type=int, default=1337, help="seed of the --val_fraction split and of --synthetic")
+    parser.add_argument("--seed", type=int, default=1337, help="seed of the --val_fraction split and of --synthetic (default: %(default)s)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--name", help="dataset name: output goes to data/<name>/, which train.py finds as dataset=<name>")
     out.add_argument("--out_dir", help="output directory, overriding data/<name>/")
     parser.add_argument("--num_proc", type=int, default=min(8, os.cpu_count() or 1),
-                        help="tokenizer processes")
+                        help="tokenizer processes (default: min(8, CPU count) = %(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="overwrite an output directory that was prepared with different parameters")
     args = parser.parse_args(argv)

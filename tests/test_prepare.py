@@ -259,3 +259,22 @@ def test_hub_offline_is_a_clear_error(tmp_path):
         "error: could not download roneneldan/TinyStories from the Hugging Face hub (no network?); "
         "use --source FILE or --synthetic N"]
     assert not (tmp_path / "data").exists()
+
+
+def test_hub_path_on_a_local_dataset_dir(tmp_path, stories):
+    # the same datasets.load_dataset code path, fed a local dataset directory instead of the hub id
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "train.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in stories[:200]))
+    (ds / "validation.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in stories[200:230]))
+    offline = dict(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    r = _cli(["--hf_dataset", ds, "--num_stories", 100, "--num_proc", 1], tmp_path, **offline)
+    assert r.returncode == 0, r.stderr
+    train, val, meta = pt.load_tokens(tmp_path / "data" / "ds_100")
+    assert decode(train) == stories[:100] and decode(val) == stories[200:210]
+    assert meta["params"]["source"] == f"hf:{ds}"
+    (ds / "validation.jsonl").unlink()
+    r = _cli(["--hf_dataset", ds, "--out_dir", "nosplit"], tmp_path, **offline)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == \
+        f"error: dataset {ds} has no 'validation' split (it has: train)"
+    assert not (tmp_path / "nosplit").exists()
