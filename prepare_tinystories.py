@@ -48,6 +48,8 @@ EOT_TEXT = "<|endoftext|>"
 HF_DATASET = "roneneldan/TinyStories"
 BATCH_STORIES = 1024  # stories per tokenizer task: big enough to amortize pickling, small enough to stream
 FORMATS = (".txt", ".json", ".jsonl")
+META_KEYS = ("tokenizer", "vocab_size", "eot_token", "train_tokens", "val_tokens", "train_stories", "val_stories",
+             "source")
 
 
 class DataError(ValueError):
@@ -151,7 +153,7 @@ def hub_splits(name, streaming):
     """Open the train and validation splits of a hub dataset (datasets is imported only here)."""
     if not hub_reachable():
         # offline mode: a previously downloaded copy still loads from the cache, and without one
-        # datasets fails at once instead of retrying. Must be set before datasets is imported.
+        # datasets fails at once instead of retrying. Read when datasets is imported, i.e. just below.
         os.environ["HF_HUB_OFFLINE"] = "1"
     import datasets
 
@@ -162,6 +164,8 @@ def hub_splits(name, streaming):
                         "use --source FILE or --synthetic N") from None
     except FileNotFoundError:  # datasets' DatasetNotFoundError
         raise DataError(f"dataset {name} not found on the Hugging Face hub or on disk") from None
+    except ValueError as e:  # e.g. a dataset with several configs and no default one
+        raise DataError(f"could not load dataset {name}: {str(e).splitlines()[0]}") from None
     for split in ("train", "validation"):
         if split not in ds:
             raise DataError(f"dataset {name} has no '{split}' split (it has: {', '.join(ds)})")
@@ -198,7 +202,8 @@ HIDING = ["under a big bush", "behind a tree", "next to a rock", "in the tall gr
 FEARS = ["the big dark room", "the loud thunder", "the tall slide", "the deep water", "the big barking dog"]
 TROUBLES = [("a little bird", "could not fly back to its nest"), ("a small kitten", "was stuck up in a tree"),
             ("a baby duck", "could not find its mom"), ("an old turtle", "was stuck on its back")]
-BUILDS = ["a sand castle", "a tall tower of blocks", "a little house of sticks", "a big snowman"]
+BUILDS = [("a sand castle", "castle"), ("a tall tower of stones", "tower"), ("a little house of sticks", "house"),
+          ("a bridge of sticks and leaves", "bridge")]
 GOOD = ["happy", "proud", "glad", "excited"]
 LESSONS = {"lost": "that good friends help you look for things",
            "share": "that sharing makes playing more fun",
@@ -250,18 +255,19 @@ def _synthetic_story(rng):
               f"{name} felt very {rng.choice(GOOD)}. {He} ran home to tell everyone."]
     elif plot == "help":
         animal, trouble = rng.choice(TROUBLES)
+        the_animal = "the " + animal.split(" ", 1)[1]
         s += [f"{name} went to {place} with {his} {obj}. {PLACES[place]}",
               f"Suddenly, {name} heard a small sound. It was {animal} that {trouble}.",
               f"{name} wanted to help, but {p} did not know how. {He} ran to get {his} friend {friend}.",
               f"{friend} had an idea. Together, they worked slowly and carefully.",
-              f"At last, {animal.replace('a ', 'the ', 1).replace('an ', 'the ', 1)} was safe. It looked at them as if to say thank you.",
+              f"At last, {the_animal} was safe. It looked at them as if to say thank you.",
               f"{name} and {friend} smiled. They felt {rng.choice(GOOD)} because they had helped."]
     else:  # build
-        thing = rng.choice(BUILDS)
+        thing, short = rng.choice(BUILDS)
         s += [f"{name} and {friend} went to {place} to play. {PLACES[place]}",
               f"They decided to make {thing}. {name} brought {his} {obj} to help.",
-              f"They worked very hard. {thing.capitalize()} was the best one they had ever made.",
-              f"But then a big wind came, and whoosh! It all fell down.",
+              f"They worked very hard. The {short} was the best one they had ever made.",
+              "But then a big wind came, and whoosh! It all fell down.",
               f"{name} was sad, but {friend} said, \"Let us make it again, even bigger!\"",
               f"So they tried again, and this time it stood tall. {friend} put {fhis} hat on top.",
               f"They jumped up and down. They were so {rng.choice(GOOD)}."]
@@ -393,7 +399,9 @@ def load_tokens(data_dir, vocab_size=None):
     try:
         meta = json.loads((data_dir / "meta.json").read_text())
     except (OSError, ValueError):
-        raise DataError(f"no prepared dataset in {data_dir} (meta.json missing or unreadable); {hint}") from None
+        meta = None
+    if not isinstance(meta, dict) or not all(k in meta for k in META_KEYS):
+        raise DataError(f"no prepared dataset in {data_dir} (meta.json missing or unreadable); {hint}")
     splits = []
     for split in ("train", "val"):
         path = data_dir / f"{split}.bin"
@@ -443,9 +451,11 @@ def parse_args(argv):
     parser.add_argument("--num_stories", type=int, metavar="N",
                         help="use only the first N train stories (and the first N // 10 of a separate "
                              "validation set); the name gets a suffix, e.g. tinystories_15k")
-    parser.add_argument("--seed", type=int, default=1337, help="seed of the --val_fraction split and of --synthetic (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=1337,
+                        help="seed of the --val_fraction split and of --synthetic (default: %(default)s)")
     out = parser.add_mutually_exclusive_group()
-    out.add_argument("--name", help="dataset name: output goes to data/<name>/, which train.py finds as dataset=<name>")
+    out.add_argument("--name",
+                     help="dataset name: output goes to data/<name>/, which train.py finds as dataset=<name>")
     out.add_argument("--out_dir", help="output directory, overriding data/<name>/")
     parser.add_argument("--num_proc", type=int, default=min(8, os.cpu_count() or 1),
                         help="tokenizer processes (default: min(8, CPU count) = %(default)s)")
@@ -482,7 +492,7 @@ def prepare(args):
     else:
         params = {"source": f"hf:{args.hf_dataset}"}
         name = dataset_name("tinystories" if args.hf_dataset == HF_DATASET else
-                            args.hf_dataset.split("/")[-1].lower(), n_max)
+                            args.hf_dataset.rstrip("/").split("/")[-1].lower(), n_max)
     if args.val_source:
         params["val_files"] = [_describe(p) for p in args.val_source]
     elif args.source or args.synthetic:
