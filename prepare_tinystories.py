@@ -1,5 +1,5 @@
 """
-Prepare TinyStories (or any folder of stories) as GPT-2 BPE token files for training.
+Prepare TinyStories (or your own story files) as GPT-2 BPE token files for training.
 
 Writes data/<name>/train.bin and val.bin (flat uint16 token ids, every story followed by
 <|endoftext|> = 50256) and meta.json (tokenizer, vocab size, token and story counts, source).
@@ -330,7 +330,7 @@ def write_dataset(out_dir, items, total, meta, num_proc=1):
     missing_dirs = [d for d in [out_dir, *out_dir.parents] if not d.exists()]  # removed again on failure
     names = ("train.bin", "val.bin", "meta.json")
     tmp = {n: out_dir / (n + ".tmp") for n in names}
-    num_proc = max(1, min(num_proc, math.ceil(total / BATCH_STORIES)))  # spawning costs ~1 s a process
+    num_proc = max(1, min(num_proc, math.ceil(total / BATCH_STORIES)))  # a spawned process costs ~0.3 s to start
     counts = {"train_tokens": 0, "val_tokens": 0, "train_stories": 0, "val_stories": 0}
     items = iter(items)
     batches = iter(lambda: tuple(zip(*itertools.islice(items, BATCH_STORIES))), ())
