@@ -1,0 +1,488 @@
+"""
+Train MicroRWKV (or the GPT baseline) on TinyStories. Runs on a single CPU/GPU or under DDP.
+
+Single device (laptop CPU, one GPU):
+$ python train.py config/train_tinystories_cpu.py
+$ python train.py config/train_tinystories.py --batch_size=8 --compile=True
+
+Resume from the latest checkpoint, or from a numbered one:
+$ python train.py config/train_tinystories_cpu.py --init_from=resume
+$ python train.py config/train_tinystories_cpu.py --init_from=resume --resume_ckpt=ckpt-500
+
+DDP on 4 GPUs of one node:
+$ torchrun --standalone --nproc_per_node=4 train.py config/train_tinystories.py
+
+DDP across 2 nodes (run on each, with --node_rank=0 / 1):
+$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py ...
+
+Outputs in out_dir: ckpt.pt (latest), ckpt-<iter>.pt (every ckpt_interval steps and at the end),
+metrics.jsonl (one JSON object per logged step and per evaluation). Plot with plot_metrics.py.
+`python train.py --help` lists every config key with its default.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from configurator import ConfigError, apply_config, format_help
+from model import GPTConfig, build_model
+
+# -----------------------------------------------------------------------------
+# default config values
+# I/O
+out_dir = 'out'
+eval_interval = 250
+log_interval = 10
+eval_iters = 50
+eval_only = False  # if True, evaluate once and exit
+always_save_checkpoint = True  # if False, ckpt.pt is only written when val loss improves
+ckpt_interval = 500  # also write ckpt-<iter>.pt every this many steps (0: only at the end)
+init_from = 'scratch'  # 'scratch' or 'resume'
+resume_ckpt = 'ckpt'  # with init_from='resume': which checkpoint in out_dir ('ckpt', 'ckpt-500', ...)
+# wandb logging
+wandb_log = False
+wandb_project = 'microrwkv'
+wandb_run_name = 'run'
+wandb_mode = ''  # '' (wandb's default / $WANDB_MODE), 'online', 'offline' or 'disabled'
+# data
+dataset = 'tinystories_15k'
+data_dir = ''  # '' means data/<dataset>
+gradient_accumulation_steps = 1  # total over all DDP processes
+batch_size = 12  # micro-batch size per process
+# model: every GPTConfig field is a config key with the dataclass default
+for _f in dataclasses.fields(GPTConfig):
+    globals()[_f.name] = _f.default if _f.default is not dataclasses.MISSING else _f.default_factory()
+# AdamW optimizer
+learning_rate = 6e-4
+max_iters = 5000  # total number of optimizer steps
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip gradients at this norm, or disable if == 0.0
+# learning rate schedule: linear warmup then cosine decay to min_lr
+decay_lr = True
+warmup_iters = 200
+lr_decay_iters = 5000  # ~= max_iters per Chinchilla
+min_lr = 6e-5  # ~= learning_rate / 10 per Chinchilla
+# DDP
+backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+# system
+device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cpu', 'cuda', 'cuda:1', 'mps', ...
+dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
+compile = False  # torch.compile the model
+seed = 1337
+num_threads = 0  # torch.set_num_threads(num_threads) if > 0
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))]
+_defaults = {k: globals()[k] for k in config_keys}
+if any(a in ('-h', '--help') for a in sys.argv[1:]):
+    print(format_help(_defaults))
+    sys.exit(0)
+
+
+def die(msg):
+    """One-line error on stderr and a non-zero exit, no traceback."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+try:
+    globals().update(apply_config(sys.argv[1:], _defaults))
+except ConfigError as e:
+    die(e)
+if init_from not in ('scratch', 'resume'):
+    die(f"init_from must be 'scratch' or 'resume', got {init_from!r}")
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    die(f"dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
+if model_type not in ('microrwkv', 'gpt'):
+    die(f"model_type must be 'microrwkv' or 'gpt', got {model_type!r}")
+for _k in ('max_iters', 'eval_iters', 'log_interval', 'eval_interval', 'batch_size', 'gradient_accumulation_steps'):
+    if globals()[_k] < (0 if _k == 'max_iters' else 1):
+        die(f"{_k} must be {'>= 0' if _k == 'max_iters' else '>= 1'}, got {globals()[_k]}")
+config = {k: globals()[k] for k in config_keys}  # useful for logging and the checkpoint
+# -----------------------------------------------------------------------------
+
+# various inits, derived attributes, I/O setup
+ddp = int(os.environ.get('RANK', -1)) != -1  # is this a ddp run?
+if ddp:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    dist.init_process_group(backend=backend)
+    ddp_rank = int(os.environ['RANK'])
+    ddp_local_rank = int(os.environ['LOCAL_RANK'])
+    ddp_world_size = int(os.environ['WORLD_SIZE'])
+    if device.startswith('cuda'):
+        device = f'cuda:{ddp_local_rank}'
+        torch.cuda.set_device(device)
+    master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
+    seed_offset = ddp_rank  # each process gets a different seed
+    # world_size number of processes will be training simultaneously, so we can scale
+    # down the desired gradient accumulation iterations per process proportionally
+    if gradient_accumulation_steps % ddp_world_size != 0:
+        die(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the world size ({ddp_world_size})")
+    gradient_accumulation_steps //= ddp_world_size
+else:
+    # if not ddp, we are running on a single device and one process
+    ddp_rank = 0
+    ddp_world_size = 1
+    master_process = True
+    seed_offset = 0
+tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+if master_process:
+    print(f"tokens per iteration will be: {tokens_per_iter:,}")
+    os.makedirs(out_dir, exist_ok=True)
+if num_threads > 0:
+    torch.set_num_threads(num_threads)
+torch.manual_seed(seed + seed_offset)
+device_type = 'cuda' if 'cuda' in device else 'cpu'  # for later use in torch.autocast
+if device_type == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
+    torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
+if dtype == 'float16' and device_type != 'cuda':
+    die("dtype='float16' needs a CUDA device; use 'float32' or 'bfloat16' on CPU")
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+
+# data: random windows of the token memmaps, drawn from a dedicated generator whose state goes
+# into the checkpoint, so that a resumed run sees exactly the batches the uninterrupted one would
+from prepare_tinystories import DataError, load_tokens  # noqa: E402
+
+data_dir = data_dir or os.path.join('data', dataset)
+try:
+    train_data, val_data, meta = load_tokens(data_dir, vocab_size)
+except DataError as e:
+    die(e)
+for _name, _data in (('train', train_data), ('val', val_data)):
+    if len(_data) <= block_size + 1:
+        die(f"{_name} split in {data_dir} has {len(_data)} tokens, fewer than block_size + 2 = {block_size + 2}")
+train_gen = torch.Generator().manual_seed(seed + seed_offset)
+
+
+def get_batch(split, generator):
+    data = train_data if split == 'train' else val_data
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
+    if device_type == 'cuda':
+        # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
+        x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    else:
+        x, y = x.to(device), y.to(device)
+    return x, y
+
+
+# init these up here, can override if init_from='resume'
+iter_num = 0  # number of optimizer steps done
+best_val_loss = 1e9
+checkpoint = None
+model_keys = [f.name for f in dataclasses.fields(GPTConfig)]
+model_args = {k: globals()[k] for k in model_keys}
+if init_from == 'scratch':
+    print(f"Initializing a new {model_type} model from scratch")
+else:
+    _name = resume_ckpt[:-3] if resume_ckpt.endswith('.pt') else resume_ckpt
+    ckpt_path = os.path.join(out_dir, _name + '.pt')
+    print(f"Resuming training from {ckpt_path}")
+    if not os.path.isfile(ckpt_path):
+        die(f"checkpoint not found: {ckpt_path}")
+    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+    # the architecture comes from the checkpoint; only dropout may be changed on resume
+    for k in model_keys:
+        if k in checkpoint['model_args'] and k != 'dropout':
+            if master_process and checkpoint['model_args'][k] != model_args[k] and config[k] != _defaults[k]:
+                print(f"note: {k}={model_args[k]!r} ignored, the checkpoint has {checkpoint['model_args'][k]!r}")
+            model_args[k] = checkpoint['model_args'][k]
+    globals().update({k: v for k, v in model_args.items()})
+    config.update(model_args)
+    iter_num = checkpoint['iter_num']
+    best_val_loss = checkpoint['best_val_loss']
+model = build_model(GPTConfig(**model_args))
+if checkpoint is not None:
+    state_dict = checkpoint['model']
+    # accept checkpoints written by other tools from a compiled model
+    unwanted_prefix = '_orig_mod.'
+    for k in list(state_dict.keys()):
+        if k.startswith(unwanted_prefix):
+            state_dict[k[len(unwanted_prefix):]] = state_dict.pop(k)
+    model.load_state_dict(state_dict)
+model.to(device)
+if master_process:
+    print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+
+# initialize a GradScaler. If enabled=False scaler is a no-op
+scaler = torch.amp.GradScaler('cuda', enabled=(dtype == 'float16'))
+
+# optimizer
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    if 'scaler' in checkpoint and scaler.is_enabled():
+        scaler.load_state_dict(checkpoint['scaler'])
+    # sampler and dropout RNG: continue exactly where the checkpointed run was
+    states = checkpoint.get('rng_state')
+    if states is not None and states.dim() == 2 and states.shape[0] == ddp_world_size:
+        train_gen.set_state(states[ddp_rank].cpu())
+    elif states is not None and states.dim() == 1 and ddp_world_size == 1:
+        train_gen.set_state(states.cpu())
+    else:
+        if master_process:
+            print("note: checkpoint sampler state is for another world size; reseeding the sampler")
+        train_gen.manual_seed(seed + seed_offset + 1_000_003 * iter_num)
+    if checkpoint.get('torch_rng_state') is not None and ddp_world_size == 1:
+        torch.set_rng_state(checkpoint['torch_rng_state'].cpu())
+        if device_type == 'cuda' and checkpoint.get('cuda_rng_state') is not None:
+            torch.cuda.set_rng_state(checkpoint['cuda_rng_state'].cpu(), device)
+checkpoint = None  # free up memory
+
+raw_model = model  # unwrapped, uncompiled: its state_dict keys have no _orig_mod./module. prefix
+# compile the model
+if compile:
+    print("compiling the model... (takes a ~minute)")
+    model = torch.compile(model)
+# wrap model into DDP container
+if ddp:
+    # experts that receive no token in a step leave parameters without gradients
+    find_unused = bool(use_moe and num_active_experts < num_experts)
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None,
+                find_unused_parameters=find_unused)
+eval_model = raw_model if not compile else (model.module if ddp else model)
+
+
+# helps estimate an arbitrarily accurate loss over either split using many batches
+@torch.no_grad()
+def estimate_loss():
+    out = {}
+    eval_model.eval()
+    for split_idx, split in enumerate(['train', 'val']):
+        # a fresh generator per evaluation: the same batches every time, and the training
+        # sampler is not disturbed (so evaluation does not change the training run)
+        gen = torch.Generator().manual_seed(seed + 7_919 * (split_idx + 1) + 104_729 * seed_offset)
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            X, Y = get_batch(split, gen)
+            with ctx:
+                _, loss = eval_model(X, Y)
+            losses[k] = loss.item()
+        mean = losses.mean().to(device)
+        if ddp:
+            dist.all_reduce(mean)
+            mean /= ddp_world_size
+        out[split] = mean.item()
+    eval_model.train()
+    return out
+
+
+# learning rate decay scheduler (cosine with warmup); `it` counts steps from 0
+def get_lr(it):
+    if not decay_lr:
+        return learning_rate
+    # 1) linear warmup for warmup_iters steps
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    # 2) if it > lr_decay_iters, return min learning rate
+    if it >= lr_decay_iters:
+        return min_lr
+    # 3) in between, use cosine decay down to min learning rate
+    decay_ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 1..0
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+def gather_sampler_states(state):
+    """The training sampler state of every rank, as a [world_size, n] uint8 tensor."""
+    if not ddp:
+        return state.unsqueeze(0)
+    states = [None] * ddp_world_size
+    dist.all_gather_object(states, state)
+    return torch.stack(states)
+
+
+def stop_non_finite(what):
+    msg = f"non-finite {what} at iter {iter_num}; last good checkpoint: {last_ckpt}"
+    if master_process:
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+    if ddp:
+        dist.destroy_process_group()
+    sys.exit(1)
+
+
+def save_checkpoint(name, sampler_states):
+    """Write out_dir/<name>.pt atomically: a crash mid-save leaves the previous file intact."""
+    ckpt = {
+        'model': raw_model.state_dict(),
+        'optimizer': optimizer.state_dict(),
+        'model_args': dict(model_args),
+        'iter_num': iter_num,
+        'best_val_loss': float(best_val_loss),
+        'config': dict(config),
+        'rng_state': sampler_states,
+        'torch_rng_state': torch.get_rng_state(),
+    }
+    if device_type == 'cuda':
+        ckpt['cuda_rng_state'] = torch.cuda.get_rng_state(device)
+    if scaler.is_enabled():
+        ckpt['scaler'] = scaler.state_dict()
+    path = os.path.join(out_dir, name + '.pt')
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    print(f"saved checkpoint to {path}")
+    return path
+
+
+# metrics: one JSON object per line; a resumed run drops the rows after its checkpoint and appends
+metrics_path = os.path.join(out_dir, 'metrics.jsonl')
+metrics_file = None
+if master_process and not eval_only:
+    rows = []
+    if init_from == 'resume' and os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line torn by a crash
+                    if row.get('iter', 0) <= iter_num:
+                        rows.append(line)
+    with open(metrics_path + '.tmp', 'w') as f:
+        f.writelines(r + '\n' for r in rows)
+    os.replace(metrics_path + '.tmp', metrics_path)
+    metrics_file = open(metrics_path, 'a')
+
+
+def log_metrics(row):
+    if metrics_file is not None:
+        metrics_file.write(json.dumps(row) + '\n')
+        metrics_file.flush()
+    if wandb_log and master_process:
+        wandb.log({k: v for k, v in row.items() if k != 'iter'}, step=row['iter'])
+
+
+# logging
+if wandb_log and master_process and not eval_only:
+    try:
+        import wandb
+    except ImportError:
+        die("wandb_log=True but wandb is not installed (pip install wandb), or run with --wandb_log=False")
+    wandb.init(project=wandb_project, name=wandb_run_name, config=config, mode=wandb_mode or None,
+               resume='allow' if init_from == 'resume' else None)
+
+# training loop
+if ddp:
+    dist.barrier()
+last_ckpt = ckpt_path if init_from == 'resume' else 'none'
+start_iter = iter_num
+sampler_state = train_gen.get_state()  # sampler state before this step's batches were drawn
+X, Y = get_batch('train', train_gen)  # fetch the very first batch
+run_t0 = time.time()
+local_iter_num = 0  # number of iterations in the lifetime of this process
+running_mfu = -1.0
+while True:
+    # evaluate the loss on train/val sets and write checkpoints (of the state after iter_num steps)
+    is_last = iter_num >= max_iters
+    if eval_only or ((iter_num % eval_interval == 0 or is_last) and (iter_num > start_iter or iter_num == 0)):
+        losses = estimate_loss()
+        if master_process:
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if not eval_only:
+                log_metrics({'iter': iter_num, 'eval_train': losses['train'], 'eval_val': losses['val'],
+                             'tokens': iter_num * tokens_per_iter})
+        if eval_only:
+            break
+        if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
+            stop_non_finite('eval loss')
+        improved = losses['val'] < best_val_loss
+        best_val_loss = min(best_val_loss, losses['val'])
+        save_latest = improved or always_save_checkpoint
+    else:
+        save_latest = False
+    save_numbered = (ckpt_interval > 0 and iter_num % ckpt_interval == 0) or is_last
+    if iter_num > start_iter and (save_latest or save_numbered):
+        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            stop_non_finite('parameters')  # never overwrite a good checkpoint with a broken model
+        states = gather_sampler_states(sampler_state)  # a collective under DDP: every rank calls it
+        if master_process:
+            if save_latest or (save_numbered and always_save_checkpoint):
+                last_ckpt = save_checkpoint('ckpt', states)
+            if save_numbered:
+                last_ckpt = save_checkpoint(f'ckpt-{iter_num}', states)
+    if is_last:
+        break
+
+    # determine and set the learning rate for this step
+    t0 = time.time()
+    lr = get_lr(iter_num)
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr
+
+    # forward backward update, with optional gradient accumulation to simulate larger batch size
+    # and using the GradScaler if data type is float16
+    loss_sum = torch.zeros((), device=device)
+    aux_sum = torch.zeros((), device=device)
+    for micro_step in range(gradient_accumulation_steps):
+        last_micro = micro_step == gradient_accumulation_steps - 1
+        # in DDP, only sync gradients at the last micro step
+        sync_ctx = model.no_sync() if ddp and not last_micro else nullcontext()
+        with sync_ctx:
+            with ctx:
+                logits, loss, aux_loss = model(X, Y, return_aux_loss=True)
+                loss_sum += loss.detach().float()
+                aux_sum += torch.as_tensor(aux_loss).detach().float().to(device)
+                loss = loss / gradient_accumulation_steps  # scale the loss to account for gradient accumulation
+            if last_micro:
+                sampler_state = train_gen.get_state()  # the next step's batches start here
+            # immediately async prefetch next batch while model is doing the forward pass on the GPU
+            X, Y = get_batch('train', train_gen)
+            # backward pass, with gradient scaling if training in fp16
+            scaler.scale(loss).backward()
+    # stop on a non-finite loss (in DDP every rank stops together), keeping the checkpoints as they are
+    bad = (~torch.isfinite(loss_sum)).float()
+    if ddp:
+        dist.all_reduce(bad)
+    if bad.item() > 0:
+        iter_num += 1  # report the step (1-based) whose loss was non-finite
+        stop_non_finite('loss')
+    # clip the gradient
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # step the optimizer and scaler if training in fp16
+    scaler.step(optimizer)
+    scaler.update()
+    # flush the gradients as soon as we can, no need for this memory anymore
+    optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+    local_iter_num += 1
+
+    # timing and logging
+    lossf = loss_sum.item() / gradient_accumulation_steps  # mean over micro-steps (this rank)
+    t1 = time.time()
+    dt = t1 - t0  # this step's forward/backward/update time (evaluation and checkpointing excluded)
+    if iter_num % log_interval == 0 and master_process:
+        auxf = aux_sum.item() / gradient_accumulation_steps
+        if local_iter_num >= 5:  # let the training loop settle a bit
+            mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt)
+            running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+        tok_s = tokens_per_iter / dt
+        print(f"iter {iter_num}: loss {lossf:.4f}, aux {auxf:.4f}, lr {lr:.2e}, time {dt * 1000:.2f} ms, "
+              f"tok/s {tok_s:,.0f}, mfu {max(running_mfu, 0.0) * 100:.2f}%")
+        log_metrics({'iter': iter_num, 'train_loss': lossf, 'aux_loss': auxf, 'lr': lr, 'dt_ms': dt * 1000,
+                     'tok_s': tok_s, 'mfu': max(running_mfu, 0.0), 'tokens': iter_num * tokens_per_iter,
+                     'elapsed_s': t1 - run_t0})
+
+if metrics_file is not None:
+    metrics_file.close()
+if ddp:
+    dist.destroy_process_group()
