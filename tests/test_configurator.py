@@ -1,0 +1,121 @@
+"""configurator.py: config files + --key=value overrides, checked against the defaults."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configurator import ConfigError, apply_config, format_help
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = {"batch_size": 12, "learning_rate": 6e-4, "compile": True, "out_dir": "out", "dataset": "tinystories_15k",
+            "max_iters": 5000, "lr_decay_iters": 5000, "device": "cpu"}
+
+
+def write(tmp_path, text, name="cfg.py"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_file_then_overrides(tmp_path):
+    cfg = write(tmp_path, "import math\nbatch_size = 4\nmax_iters = 100\nlr_decay_iters = max_iters\n"
+                          "learning_rate = 1e-3\n_private = 'ignored'\ndef helper():\n    return 1\n")
+    out = apply_config([cfg, "--batch_size=8", "--compile=False", "--out_dir=out-x", "--device='cuda:1'"], DEFAULTS)
+    assert out == {**DEFAULTS, "batch_size": 8, "max_iters": 100, "lr_decay_iters": 100, "learning_rate": 1e-3,
+                   "compile": False, "out_dir": "out-x", "device": "cuda:1"}
+    assert DEFAULTS["batch_size"] == 12  # the defaults are not modified
+
+
+def test_later_arguments_win(tmp_path):
+    a = write(tmp_path, "batch_size = 4\n", "a.py")
+    b = write(tmp_path, "batch_size = 6\n", "b.py")
+    assert apply_config(["--batch_size=2", a, b], DEFAULTS)["batch_size"] == 6
+    assert apply_config([a, "--batch_size=2", b, "--batch_size=3"], DEFAULTS)["batch_size"] == 3
+
+
+def test_bare_strings_and_int_for_float():
+    out = apply_config(["--dataset=tinystories_sample", "--device=cuda:0", "--out_dir=123", "--learning_rate=1"],
+                       DEFAULTS)
+    assert out["dataset"] == "tinystories_sample" and out["device"] == "cuda:0" and out["out_dir"] == "123"
+    assert out["learning_rate"] == 1.0 and isinstance(out["learning_rate"], float)
+
+
+@pytest.mark.parametrize("arg, needle", [
+    ("--nonexistent=3", "unknown config key 'nonexistent'"),
+    ("--batch_size=2.5", "batch_size expects int, got float"),
+    ("--batch_size=True", "batch_size expects int, got bool"),
+    ("--compile=1", "compile expects bool, got int"),
+    ("--learning_rate=True", "learning_rate expects float, got bool"),
+    ("--learning_rate=fast", "learning_rate expects float, got str"),
+    ("--batch_size", "expected --key=value"),
+    ("-b", "expected a config file or --key=value"),
+])
+def test_bad_overrides(arg, needle):
+    with pytest.raises(ConfigError) as e:
+        apply_config([arg], DEFAULTS)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("batch_sise = 4\n", "unknown config key 'batch_sise'"),
+    ("compile = 'yes'\n", "compile expects bool, got str"),
+    ("batch_size = 4 +\n", "syntax error"),
+    ("batch_size = 1 // 0\n", "ZeroDivisionError"),
+])
+def test_bad_files(tmp_path, text, needle):
+    cfg = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        apply_config([cfg], DEFAULTS)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="config file not found: nope.py"):
+        apply_config(["nope.py"], DEFAULTS)
+
+
+def test_help_lists_keys():
+    text = format_help(DEFAULTS)
+    assert "batch_size" in text and "12" in text
+
+
+def test_shipped_configs_are_valid():
+    """Every config file in config/ only sets keys that train.py knows, with the right types."""
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    keys = {line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")}
+    for key in ("out_dir", "dataset", "batch_size", "block_size", "max_iters", "eval_interval", "eval_iters",
+                "log_interval", "learning_rate", "warmup_iters", "lr_decay_iters", "min_lr", "weight_decay", "beta1",
+                "beta2", "grad_clip", "gradient_accumulation_steps", "device", "dtype", "compile", "init_from",
+                "eval_only", "always_save_checkpoint", "wandb_log", "model_type", "n_layer", "n_embd", "use_moe",
+                "attn_every", "chunk_len", "data_dir", "resume_ckpt", "ckpt_interval", "seed"):
+        assert key in keys, key
+    import dataclasses
+
+    from model import GPTConfig
+    assert {f.name for f in dataclasses.fields(GPTConfig)} <= keys
+    # the shipped config files, executed against train.py's defaults (parsed from --help)
+    import ast
+    defaults = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("  ") and " = " in line:
+            key, rest = line.strip().split(" = ", 1)
+            defaults[key] = ast.literal_eval(rest.rsplit("  (", 1)[0])
+    for cfg in sorted((ROOT / "config").glob("*.py")):
+        apply_config([str(cfg)], defaults)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--batch_sise=4"], "error: unknown config key 'batch_sise'"),
+    (["--batch_size=four"], "error: --batch_size: batch_size expects int, got str 'four'"),
+    (["config/does_not_exist.py"], "error: config file not found: config/does_not_exist.py"),
+    (["--init_from=gpt2"], "error: init_from must be 'scratch' or 'resume'"),
+])
+def test_train_rejects_bad_config_in_one_line(args, needle, tmp_path):
+    out = subprocess.run([sys.executable, "train.py", *args, f"--out_dir={tmp_path / 'out'}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert out.stderr.strip().startswith(needle), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert not (tmp_path / "out").exists()  # nothing was started
