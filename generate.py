@@ -1,0 +1,216 @@
+"""
+Sample text from a trained MicroRWKV (or GPT baseline) checkpoint, decoding in RNN mode.
+
+$ python generate.py --prompt="One day" --max_num_tokens=50 --model_name=ckpt-500
+$ python generate.py --prompt_file=story.txt --temperature=0 --stream --stop_at_eot
+$ python generate.py --num_samples=3 --seed=7 --out_dir=out-tinystories
+
+The model's configuration comes from the checkpoint (out_dir/<model_name>.pt, written by train.py).
+The prompt is prefilled once in parallel, then every new token costs one recurrent step
+(model.generate_stream): constant time per token for MicroRWKV's RWKV/SWA blocks, at any position,
+and past block_size. GPT checkpoints work too, within their learned positions: a longer prompt is cropped
+to its last block_size tokens, and a full KV cache is re-prefilled with the last block_size // 2 tokens.
+
+After each sample, one line reports the token counts and the speed, measured on the model calls only
+(sampling included, printing excluded):
+    prefill = the prompt's forward pass and the first sampled token
+    decode  = every token after the first
+--recompute decodes the original way instead, re-running the whole context for every new token, to
+compare speeds; both ways sample the same tokens.
+An empty prompt starts from <|endoftext|>, the token between TinyStories stories.
+"""
+
+import argparse
+import codecs
+import functools
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from model import GPTConfig, build_model, sample
+
+
+def parse_args(argv):
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out_dir", default="out", help="directory of the checkpoints (train.py's out_dir)")
+    p.add_argument("--model_name", default="ckpt", help="checkpoint in out_dir, without .pt: ckpt, ckpt-500, ...")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="", help="text to continue; empty: start from <|endoftext|>")
+    prompt.add_argument("--prompt_file", help="read the prompt from this UTF-8 file (one trailing newline dropped)")
+    p.add_argument("--max_num_tokens", type=int, default=200, help="new tokens per sample")
+    p.add_argument("--num_samples", type=int, default=1, help="samples, one after the other, separated by dashes")
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy; < 1 sharper, > 1 more random")
+    p.add_argument("--top_k", type=int, default=200, help="sample from the k most likely tokens; 0: no limit")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling: the smallest set of tokens with "
+                                                              "this much probability, in (0, 1]; 1: no limit")
+    p.add_argument("--seed", type=int, default=1337, help="same seed, same output")
+    p.add_argument("--device", default=default_device, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="autocast dtype of the forward passes (float16: CUDA only)")
+    p.add_argument("--stream", action="store_true", help="print each token as soon as it is sampled")
+    p.add_argument("--stop_at_eot", action="store_true", help="end a sample at <|endoftext|> (not printed)")
+    p.add_argument("--recompute", action="store_true",
+                   help="decode by re-running the whole context for every token (the original method, "
+                        "slow: for speed comparisons) instead of one recurrent step per token")
+    return p.parse_args(argv)
+
+
+def die(msg):
+    """A one-line error and exit code 1: bad input is the user's to fix, not a traceback to read."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def checkpoint_names(out_dir):
+    """The checkpoint names in out_dir, ckpt first, then ckpt-<iter> by iteration."""
+    try:
+        names = [f[:-3] for f in os.listdir(out_dir) if f.endswith(".pt")]
+    except OSError:
+        return []
+    return sorted(names, key=lambda n: (n != "ckpt", len(n), n))
+
+
+def load_model(out_dir, model_name, device):
+    """Build the model that out_dir/<model_name>.pt describes and load its weights; die() on bad input."""
+    name = model_name[:-3] if model_name.endswith(".pt") else model_name
+    path = os.path.join(out_dir, name + ".pt")
+    if not os.path.isfile(path):
+        found = ", ".join(checkpoint_names(out_dir)) or "none (train one with `python train.py`)"
+        die(f"no checkpoint '{name}' in {out_dir}; found: {found}")
+    try:
+        # mmap: only the tensors we use are read, not the optimizer state (twice the model's size)
+        ckpt = torch.load(path, map_location=device, weights_only=True, mmap=True)
+    except Exception as e:  # torch.load raises many types for a file that is not a torch zip archive
+        die(f"{path} is not a MicroRWKV checkpoint ({type(e).__name__}: {str(e).strip().splitlines()[0]})")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+            or not isinstance(ckpt.get("model_args"), dict):
+        die(f"{path} is not a MicroRWKV checkpoint (no 'model' and 'model_args' entries)")
+    try:
+        model = build_model(GPTConfig(**ckpt["model_args"]))
+        # checkpoints of a torch.compile'd model, written by other tools, prefix every key
+        state_dict = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
+        model.load_state_dict(state_dict)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:
+        die(f"{path} does not match this model.py ({type(e).__name__}: {str(e).strip().splitlines()[0]})")
+    return model.to(device).eval()
+
+
+def get_tokenizer():
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("r50k_base")  # GPT-2's BPE, as prepare_tinystories.py uses
+    except Exception as e:
+        die(f"cannot load the GPT-2 tokenizer r50k_base ({type(e).__name__}); offline, set TIKTOKEN_CACHE_DIR "
+            f"to a folder with its files (e.g. ../shared/tiktoken_cache)")
+
+
+def mask_padding_tokens(model, n_vocab):
+    """vocab_size is padded (50304 > 50257) for speed; never sample a padding id: it decodes to nothing."""
+    if model.config.vocab_size > n_vocab:
+        model.lm_head.register_forward_hook(lambda module, inputs, logits: logits.index_fill(
+            -1, torch.arange(n_vocab, model.config.vocab_size, device=logits.device), float("-inf")))
+
+
+def generate_recompute(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """The original decoding, for comparison: one forward pass over the whole context for every new token
+    (cropped to block_size for GPT, whose positions end there). Yields each new token (B, 1)."""
+    for _ in range(max_new_tokens):
+        logits, _ = model(model.crop_prompt(idx))
+        idx_next = sample(logits[:, -1, :], temperature, top_k, top_p, generator)
+        yield idx_next
+        idx = torch.cat((idx, idx_next), dim=1)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.max_num_tokens < 1:
+        die(f"--max_num_tokens must be >= 1, got {args.max_num_tokens}")
+    if args.num_samples < 1:
+        die(f"--num_samples must be >= 1, got {args.num_samples}")
+    if args.temperature < 0:
+        die(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        die(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        die(f"--top_k must be >= 0 (0: no limit), got {args.top_k}")
+    device_type = "cuda" if "cuda" in args.device else "cpu"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        die(f"--device={args.device} but CUDA is not available; use --device=cpu")
+    if args.dtype == "float16" and device_type != "cuda":
+        die("--dtype=float16 needs a CUDA device; use float32 or bfloat16 on CPU")
+    ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.dtype)
+    ctx = nullcontext() if ptdtype is None else torch.autocast(device_type=device_type, dtype=ptdtype)
+    if args.prompt_file is not None:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            die(f"cannot read --prompt_file {args.prompt_file} ({type(e).__name__}: {e})")
+        prompt = prompt[:-1] if prompt.endswith("\n") else prompt  # the newline editors add at the end
+    else:
+        prompt = args.prompt
+
+    enc = get_tokenizer()
+    eot = enc.eot_token
+    model = load_model(args.out_dir, args.model_name, args.device)
+    mask_padding_tokens(model, enc.n_vocab)
+    cfg = model.config
+    # the prompt may contain <|endoftext|>, the story separator of the training data
+    prompt_ids = enc.encode(prompt, allowed_special={"<|endoftext|>"}) or [eot]
+    if cfg.model_type == "gpt" and len(prompt_ids) > cfg.block_size:
+        print(f"warning: the prompt has {len(prompt_ids)} tokens; GPT's positions end at block_size="
+              f"{cfg.block_size}, so it sees only the last {cfg.block_size}", file=sys.stderr)
+        prompt_ids = prompt_ids[-cfg.block_size:]
+    if any(i >= cfg.vocab_size for i in prompt_ids):
+        die(f"the prompt has tokens outside the model's vocab_size={cfg.vocab_size}")
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=args.device)
+
+    # one generator seeded once: sample i of a run is the same for the same seed
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    decode = functools.partial(generate_recompute, model) if args.recompute else model.generate_stream
+    top_k = args.top_k or None
+    mode = "recompute" if args.recompute else "recurrent"
+    for s in range(args.num_samples):
+        if s > 0:
+            print("-" * 80)
+        # bytes -> text incrementally: a character can span several BPE tokens
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pieces = [prompt]
+        if args.stream:
+            print(prompt, end="", flush=True)
+        steps = decode(idx, args.max_num_tokens, args.temperature, top_k, args.top_p, generator)
+        times, n_new = [], 0
+        with torch.no_grad(), ctx:
+            while True:
+                t0 = time.perf_counter()
+                token = next(steps, None)
+                token = None if token is None else int(token[0, 0])  # int(): waits for the device
+                times.append(time.perf_counter() - t0)
+                if token is None or (args.stop_at_eot and token == eot):
+                    n_new += token is not None
+                    break
+                n_new += 1
+                pieces.append(utf8.decode(enc.decode_single_token_bytes(token)))
+                if args.stream:
+                    print(pieces[-1], end="", flush=True)
+        pieces.append(utf8.decode(b"", final=True))
+        if args.stream:
+            print(pieces[-1])
+        else:
+            print("".join(pieces))
+        # times[0]: prefill + first token; times[1:n_new]: the other tokens (a last call that ended the
+        # generator is not a token and is left out)
+        t_prefill, t_decode = times[0], sum(times[1:n_new])
+        decode_speed = f"{(n_new - 1) / t_decode:.1f} tok/s" if n_new > 1 else "n/a"
+        print(f"[prompt {len(prompt_ids)} tokens | generated {n_new} tokens | "
+              f"prefill {len(prompt_ids) / t_prefill:.1f} tok/s ({t_prefill:.3f} s, incl. 1st token) | "
+              f"decode ({mode}) {decode_speed} ({t_decode:.3f} s) | {args.device} {args.dtype}]")
+
+
+if __name__ == "__main__":
+    main()
