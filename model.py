@@ -510,7 +510,8 @@ class GPTBlock(nn.Module):
         self.attn = CausalSelfAttention(config, n_kv_head=config.n_head, rotary=False)
         self.ln_2 = nn.LayerNorm(C, bias=config.bias)
         self.mlp = nn.Sequential(
-            nn.Linear(C, 4 * C, bias=config.bias), nn.GELU(), nn.Linear(4 * C, C, bias=config.bias), nn.Dropout(config.dropout)
+            nn.Linear(C, 4 * C, bias=config.bias), nn.GELU(approximate="tanh"),  # GPT-2's GELU: its weights load exactly
+            nn.Linear(4 * C, C, bias=config.bias), nn.Dropout(config.dropout),
         )
 
     def forward(self, x, state=None):
@@ -538,6 +539,13 @@ class GPT(LanguageModel):
         self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
         self._init_residual_projections([linear for b in self.blocks for linear in (b.attn.output, b.mlp[2])])
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, dropout=0.0):
+        """OpenAI GPT-2 weights: a hub id ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or a local directory
+        saved by transformers. Needs transformers, so the loading lives in pretrained.py."""
+        from pretrained import load_gpt2
+        return load_gpt2(name_or_path, dropout=dropout)
 
     def _forward(self, idx, state, all_logits):
         B, T = idx.shape
