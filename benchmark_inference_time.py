@@ -1,0 +1,379 @@
+"""
+Inference latency and memory per generated token against context length: RWKV vs transformer, one run.
+
+RWKV's claim: the cost of one more token is constant (a fixed-size state), so total time is linear in the
+context length and memory stays flat; a transformer with a KV cache pays attention over the whole cache
+(latency and memory grow linearly, total time quadratically), and one without a cache recomputes the
+whole context for every token. This script measures our own models side by side:
+
+    microrwkv     the full MicroRWKV layer (TimeMix, ChannelMix, SWA, GQA, MoE; the config's switches)
+    rwkv          TimeMix + ChannelMix only (use_swa = use_gqa = use_moe = False)
+    gpt           the GPT baseline, decoding with its KV cache
+    gpt-nocache   the same GPT, re-running the whole context for every token (like nanoGPT's generate)
+
+Each model gets the same width and depth and random weights (timing does not depend on them), a random
+prompt of --prompt_len tokens is prefilled, then --max_new_tokens tokens are decoded greedily one at a time.
+Per token it records the latency (ms, CUDA-synchronised on GPU), the cumulative time, the exact bytes held
+by the state / KV cache, and the process RSS (CPU) or CUDA max allocated memory (GPU).
+
+Outputs: <out_dir>/<model>.jsonl (one row per token), <out_dir>/summary.txt and summary.json (the table
+printed at the end), and a three-panel figure (--plot): per-token latency, cumulative time, memory.
+
+    python benchmark_inference_time.py --quick                   # small sizes, ~2 minutes on 2 CPU cores
+    python benchmark_inference_time.py --max_new_tokens=4096 --time_budget=300     # 6 x 512, float32, CPU
+    python benchmark_inference_time.py --device=cuda --max_new_tokens=16384        # the original's scale
+    python benchmark_inference_time.py --config=config/train_tinystories.py        # sizes of a config file
+    python benchmark_inference_time.py --ckpt=out/ckpt.pt                         # sizes of a checkpoint
+    python benchmark_inference_time.py --hf_model=path/to/dir_with_config.json     # + a Hugging Face model
+
+Notes:
+- --time_budget bounds every model: a model stops after the token that takes its decode time past the
+  budget (gpt-nocache is O(T^2) and would take hours at 4096 tokens on a CPU). Where a model stopped is
+  in the summary ("stopped": "time_budget") and its JSONL simply ends there.
+- GPT's learned position embedding limits it to block_size tokens, so GPT is built with
+  block_size = prompt_len + max_new_tokens whatever the config says (random weights anyway).
+- --config / --ckpt give the architecture (every GPTConfig field but model_type, block_size and dropout);
+  explicit --n_layer / --n_embd / --n_head / --vocab_size win over them. Checkpoint weights are not loaded.
+- --hf_model builds AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(NAME)) with random
+  weights (a local directory with a config.json needs no download) and decodes with its cache / state.
+  Its size is its own config's, and its position limit is raised to fit the run, like GPT's.
+- On CPU the default is --threads=1: decode-time ops are tiny, and with several threads on a shared
+  machine one descheduled worker stalls every op (we saw 5x slower tokens with 2 threads under load).
+"""
+
+import argparse
+import gc
+import json
+import os
+import shlex
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from model import GPTConfig, build_model
+
+MODELS = {  # benchmark name -> GPTConfig overrides on top of the run's shared architecture
+    "microrwkv": dict(model_type="microrwkv"),
+    "rwkv": dict(model_type="microrwkv", use_swa=False, use_gqa=False, use_moe=False),
+    "gpt": dict(model_type="gpt"),
+    "gpt-nocache": dict(model_type="gpt"),
+}
+DEFAULTS = dict(n_layer=6, n_embd=512, n_head=8, max_new_tokens=4096, time_budget=600.0)
+QUICK = dict(n_layer=4, n_embd=256, n_head=4, max_new_tokens=1024, time_budget=25.0)
+WARMUP_STEPS = 5  # decode steps run (untimed) on a throwaway state first: allocator, kernels, caches
+
+
+# ----------------------------------------------------------------------------------------------------
+# Memory
+
+
+def state_bytes(obj, seen=None):
+    """Bytes of all tensors in a nested state (lists, tuples, dicts, Hugging Face cache objects); ints are 0."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(o, seen) for o in obj)
+    if isinstance(obj, dict):
+        return sum(state_bytes(o, seen) for o in obj.values())
+    if type(obj).__module__.startswith("transformers.") and hasattr(obj, "__dict__"):
+        return state_bytes(vars(obj), seen)  # e.g. DynamicCache.layers[i].keys / .values
+    return 0
+
+
+def rss_bytes():
+    """Resident set size of this process now (Linux); elsewhere the peak RSS, the best `resource` offers."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models: each is a step(idx, state) -> (last logits (B, vocab), state) over the whole sequence idx so far
+
+
+def ours(name, arch, block_size, device, dtype, seed):
+    torch.manual_seed(seed)  # the same initial weights for gpt and gpt-nocache
+    config = GPTConfig(**{**arch, **MODELS[name], "block_size": block_size, "dropout": 0.0})
+    model = build_model(config).to(device=device, dtype=dtype).eval()
+    if name == "gpt-nocache":
+        def step(idx, state):
+            logits, _ = model(idx)  # the whole context again, logits of the last position only
+            return logits[:, -1], None
+    else:
+        def step(idx, state):
+            logits, state = model.forward_with_state(idx if state is None else idx[:, -1:], state)
+            return logits[:, -1], state
+    return model, step, model.get_num_params()
+
+
+def hugging_face(name_or_path, n_positions, device, dtype, seed):
+    try:
+        import transformers
+    except ImportError:
+        sys.exit("error: --hf_model needs the transformers package (pip install transformers)")
+    cfg = transformers.AutoConfig.from_pretrained(name_or_path)
+    limit = getattr(cfg, "max_position_embeddings", None)
+    if isinstance(limit, int) and limit < n_positions:
+        print(f"hf: max_position_embeddings {limit} -> {n_positions} to fit the run (random weights anyway)")
+        cfg.max_position_embeddings = n_positions
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=dtype).eval()
+    cache_arg = []  # found at prefill: the output field that carries the cache, passed back under that name
+
+    def step(idx, state):
+        if state is None:
+            out = model(input_ids=idx, use_cache=True)
+            names = [k for k in ("cache", "past_key_values", "state") if out.get(k) is not None]
+            if not names:
+                sys.exit(f"error: {type(model).__name__} returned no cache/past_key_values/state with use_cache=True")
+            cache_arg[:] = names[:1]
+        else:
+            out = model(input_ids=idx[:, -1:], use_cache=True, **{cache_arg[0]: state})
+        return out.logits[:, -1], out[cache_arg[0]]
+    return model, step, sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------
+# The timed loop
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def run(name, step, prompt, max_new_tokens, time_budget, device):
+    """Prefill `prompt`, then decode up to max_new_tokens tokens one at a time: one row per token."""
+    # warm-up on a throwaway state, so the first timed tokens do not pay for first-call costs
+    logits, state = step(prompt, None)
+    idx = prompt
+    for _ in range(WARMUP_STEPS):
+        idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+        logits, state = step(idx, state)
+    del logits, state
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+    sync(device)
+    t0 = time.perf_counter()
+    logits, state = step(prompt, None)
+    sync(device)
+    prefill_ms = (time.perf_counter() - t0) * 1e3
+    idx, next_token, rows, cum_s, stopped = prompt, logits.argmax(-1, keepdim=True), [], 0.0, None
+    for i in tqdm(range(max_new_tokens), desc=f"{name:>12}", unit="tok", mininterval=1.0):
+        idx = torch.cat([idx, next_token], dim=1)  # the context so far, ending with the token to process now
+        sync(device)
+        t0 = time.perf_counter()
+        logits, state = step(idx, state)
+        next_token = logits.argmax(-1, keepdim=True)  # greedy; choosing the next token is part of its latency
+        sync(device)
+        dt = time.perf_counter() - t0
+        cum_s += dt
+        row = {"model": name, "i": i, "pos": idx.shape[1], "latency_ms": dt * 1e3, "cum_s": cum_s,
+               "state_bytes": state_bytes(state), "rss_bytes": rss_bytes()}
+        if device.type == "cuda":
+            row["cuda_max_allocated"] = torch.cuda.max_memory_allocated(device)
+        rows.append(row)
+        if time_budget > 0 and cum_s >= time_budget and i + 1 < max_new_tokens:
+            stopped = "time_budget"
+            break
+    return rows, prefill_ms, stopped
+
+
+# ----------------------------------------------------------------------------------------------------
+# Summary and figure
+
+
+def summarize(name, rows, params, prefill_ms, stopped):
+    """first/last 10% of positions: median latency (robust to a busy machine's spikes), their ratio."""
+    k = max(1, len(rows) // 10)
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    first = median([r["latency_ms"] for r in rows[:k]])
+    last = median([r["latency_ms"] for r in rows[-k:]])
+    mem_key = "cuda_max_allocated" if "cuda_max_allocated" in rows[0] else "rss_bytes"
+    return {
+        "model": name, "params": params, "tokens": len(rows), "first_pos": rows[0]["pos"],
+        "last_pos": rows[-1]["pos"], "prefill_ms": prefill_ms, "first10_ms": first, "last10_ms": last,
+        "ratio": last / first, "state_first_MiB": rows[0]["state_bytes"] / 2**20,
+        "state_last_MiB": rows[-1]["state_bytes"] / 2**20, "mem": mem_key,
+        "mem_growth_MiB": (rows[-1][mem_key] - rows[0][mem_key]) / 2**20,
+        "tokens_per_s": len(rows) / rows[-1]["cum_s"], "stopped": stopped or "-",
+    }
+
+
+def format_table(summaries):
+    header = (f"{'model':>12} {'params':>8} {'tokens':>6} {'first10%ms':>10} {'last10%ms':>10} {'ratio':>6} "
+              f"{'state MiB first->last':>22} {'mem+MiB':>8} {'tok/s':>8} {'stopped':>11}")
+    lines = [header]
+    for s in summaries:
+        lines.append(
+            f"{s['model']:>12} {s['params'] / 1e6:>7.1f}M {s['tokens']:>6} {s['first10_ms']:>10.2f} "
+            f"{s['last10_ms']:>10.2f} {s['ratio']:>6.2f} "
+            f"{s['state_first_MiB']:>10.3f} -> {s['state_last_MiB']:>8.3f} {s['mem_growth_MiB']:>8.1f} "
+            f"{s['tokens_per_s']:>8.1f} {s['stopped']:>11}")
+    return "\n".join(lines)
+
+
+def plot(all_rows, path, title, on_cuda):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax_lat, ax_cum, ax_mem) = plt.subplots(1, 3, figsize=(17, 5))
+    for i, (name, rows) in enumerate(all_rows.items()):
+        color = f"C{i}"
+        pos = np.array([r["pos"] for r in rows])
+        lat = np.array([r["latency_ms"] for r in rows])
+        # raw latencies are noisy on a shared CPU: draw them faintly, and a running median on top
+        w = max(1, len(lat) // 50)
+        smooth = np.array([np.median(lat[max(0, j - w):j + w + 1]) for j in range(len(lat))])
+        ax_lat.plot(pos, lat, color=color, alpha=0.25, linewidth=0.5)
+        ax_lat.plot(pos, smooth, color=color, linewidth=2, label=name)
+        ax_cum.plot(pos, [r["cum_s"] for r in rows], color=color, linewidth=2, label=name)
+        ax_mem.plot(pos, [r["state_bytes"] / 2**20 for r in rows], color=color, linewidth=2, label=name)
+        mem_key = "cuda_max_allocated" if on_cuda else "rss_bytes"
+        ax_mem.plot(pos, [(r[mem_key] - rows[0][mem_key]) / 2**20 for r in rows], color=color,
+                    linewidth=1, linestyle="--")
+    ax_lat.set(title="latency of one token", xlabel="token position", ylabel="ms")
+    ax_cum.set(title="cumulative decode time", xlabel="token position", ylabel="s")
+    process = "CUDA max allocated" if on_cuda else "process RSS"
+    ax_mem.set(title=f"memory: state / KV cache bytes (solid), {process} growth (dashed)",
+               xlabel="token position", ylabel="MiB")
+    ax_lat.set_ylim(bottom=0)
+    for ax in (ax_lat, ax_cum, ax_mem):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def architecture(args, parser):
+    """The shared GPTConfig fields: defaults < --quick < --config / --ckpt < explicit flags."""
+    arch = {"vocab_size": GPTConfig.vocab_size, **DEFAULTS, **(QUICK if args.quick else {})}
+    arch = {k: v for k, v in arch.items() if k in GPTConfig.__dataclass_fields__}
+    fields = set(GPTConfig.__dataclass_fields__) - {"model_type", "block_size", "dropout"}
+    if args.config:
+        namespace = {f: getattr(GPTConfig, f) for f in GPTConfig.__dataclass_fields__}
+        try:
+            with open(args.config) as f:
+                exec(compile(f.read(), args.config, "exec"), namespace)  # nanoGPT config files are Python
+        except Exception as e:
+            parser.error(f"--config {args.config}: {type(e).__name__}: {e}")
+        arch.update({k: v for k, v in namespace.items() if k in fields})
+    if args.ckpt:
+        try:
+            model_args = torch.load(args.ckpt, map_location="cpu", weights_only=True)["model_args"]
+        except Exception as e:
+            parser.error(f"--ckpt {args.ckpt}: {type(e).__name__}: {e}")
+        arch.update({k: v for k, v in model_args.items() if k in fields})
+    arch.update({k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab_size")
+                 if getattr(args, k) is not None})
+    return arch
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="microrwkv,rwkv,gpt,gpt-nocache",
+                        help="comma-separated, from " + ",".join(MODELS) + " (may be empty with --hf_model)")
+    parser.add_argument("--n_layer", type=int, help=f"default {DEFAULTS['n_layer']} ({QUICK['n_layer']} with --quick)")
+    parser.add_argument("--n_embd", type=int, help=f"default {DEFAULTS['n_embd']} ({QUICK['n_embd']} with --quick)")
+    parser.add_argument("--n_head", type=int, help=f"attention heads, default {DEFAULTS['n_head']} "
+                        f"({QUICK['n_head']} with --quick); RWKV heads are n_embd // head_size")
+    parser.add_argument("--vocab_size", type=int, help=f"default {GPTConfig.vocab_size}")
+    parser.add_argument("--max_new_tokens", type=int, help=f"tokens decoded per model, default "
+                        f"{DEFAULTS['max_new_tokens']} ({QUICK['max_new_tokens']} with --quick)")
+    parser.add_argument("--prompt_len", type=int, default=16, help="random prompt tokens prefilled first")
+    parser.add_argument("--time_budget", type=float, help="seconds of decoding per model before it stops, 0: none; "
+                        f"default {DEFAULTS['time_budget']:g} ({QUICK['time_budget']:g} with --quick)")
+    parser.add_argument("--quick", action="store_true", help="small model, fewer tokens, short budget")
+    parser.add_argument("--config", help="a config/*.py file: the architecture from its GPTConfig keys")
+    parser.add_argument("--ckpt", help="a train.py checkpoint: the architecture from its model_args")
+    parser.add_argument("--hf_model", help="also time a Hugging Face model (name or local dir) with random weights")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: see the notes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out_dir", default="out/benchmark", help="JSONL per model, summary.txt, summary.json")
+    parser.add_argument("--plot", default="assets/benchmark.png", help="the figure to write")
+    args = parser.parse_args(argv)
+
+    names = [n for n in args.models.split(",") if n]
+    if unknown := [n for n in names if n not in MODELS]:
+        parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    if not names and not args.hf_model:
+        parser.error("no models to run")
+    if args.config and args.ckpt:
+        parser.error("give --config or --ckpt, not both")
+    defaults = {**DEFAULTS, **(QUICK if args.quick else {})}
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else defaults["max_new_tokens"]
+    time_budget = args.time_budget if args.time_budget is not None else defaults["time_budget"]
+    if max_new_tokens < 1 or args.prompt_len < 1:
+        parser.error("--max_new_tokens and --prompt_len must be >= 1")
+    arch = architecture(args, parser)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.set_num_threads(args.threads)
+    # every position the timed run and its warm-up reach must fit GPT's learned position embedding
+    n_positions = args.prompt_len + max_new_tokens + WARMUP_STEPS
+    prompt = torch.randint(0, arch["vocab_size"], (1, args.prompt_len),
+                           generator=torch.Generator().manual_seed(args.seed)).to(device)
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    print(f"n_layer={arch['n_layer']} n_embd={arch['n_embd']} n_head={arch['n_head']} vocab={arch['vocab_size']} "
+          f"{args.dtype} {device} threads={args.threads} prompt={args.prompt_len} max_new_tokens={max_new_tokens} "
+          f"time_budget={time_budget:g}s")
+    all_rows, summaries = {}, []
+    for name in names + (["hf"] if args.hf_model else []):
+        if name == "hf":
+            model, step, params = hugging_face(args.hf_model, n_positions, device, dtype, args.seed)
+            model_prompt = prompt % model.config.vocab_size  # its vocabulary may be smaller than ours
+        else:
+            model, step, params = ours(name, arch, n_positions, device, dtype, args.seed)
+            model_prompt = prompt
+        rows, prefill_ms, stopped = run(name, step, model_prompt, max_new_tokens, time_budget, device)
+        with open(os.path.join(args.out_dir, f"{name}.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        all_rows[name] = rows
+        summaries.append(summarize(name, rows, params, prefill_ms, stopped))
+        del model, step
+        gc.collect()
+
+    table = format_table(summaries)
+    command = shlex.join(["python", "benchmark_inference_time.py", *(sys.argv[1:] if argv is None else argv)])
+    text = (f"{command}\n{arch['n_layer']} layers x {arch['n_embd']} (n_head {arch['n_head']}), {args.dtype}, "
+            f"{device}, threads={args.threads}; latencies are medians over the first / last 10% of positions; "
+            f"mem+ = growth of {'CUDA max allocated' if device.type == 'cuda' else 'process RSS'}\n{table}\n")
+    print("\n" + text, end="")
+    with open(os.path.join(args.out_dir, "summary.txt"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
+        json.dump({"command": command, "device": str(device), "dtype": args.dtype, "threads": args.threads,
+                   "prompt_len": args.prompt_len, "max_new_tokens": max_new_tokens, "time_budget": time_budget,
+                   "hf_model": args.hf_model, "arch": arch, "models": summaries}, f, indent=1)
+    plot(all_rows, args.plot, f"MicroRWKV vs GPT decoding: {arch['n_layer']} x {arch['n_embd']}, {args.dtype}, "
+         f"{device}, prompt {args.prompt_len}", device.type == "cuda")
+    print(f"wrote {args.out_dir}/{{{','.join(all_rows)}}}.jsonl, summary.txt, summary.json and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
