@@ -30,8 +30,10 @@ Notes:
 - --time_budget bounds every model: a model stops after the token that takes its decode time past the
   budget (gpt-nocache is O(T^2) and would take hours at 4096 tokens on a CPU). Where a model stopped is
   in the summary ("stopped": "time_budget") and its JSONL simply ends there.
-- GPT's learned position embedding limits it to block_size tokens, so GPT is built with
-  block_size = prompt_len + max_new_tokens whatever the config says (random weights anyway).
+- GPT's learned position embedding limits it to block_size tokens, so GPT is built with a block_size
+  that fits every position of the run (>= prompt_len + max_new_tokens), whatever the config says.
+- Memory: "state_bytes" is exact (numel * element_size of every tensor in the state / cache). RSS is the
+  whole process's: memory freed by an earlier model is reused by the next, so its growth is only a hint.
 - --config / --ckpt give the architecture (every GPTConfig field but model_type, block_size and dropout);
   explicit --n_layer / --n_embd / --n_head / --vocab_size win over them. Checkpoint weights are not loaded.
 - --hf_model builds AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(NAME)) with random
