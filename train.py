@@ -107,6 +107,11 @@ for _k in ('max_iters', 'eval_iters', 'log_interval', 'eval_interval', 'batch_si
     if globals()[_k] < (0 if _k == 'max_iters' else 1):
         die(f"{_k} must be {'>= 0' if _k == 'max_iters' else '>= 1'}, got {globals()[_k]}")
 config = {k: globals()[k] for k in config_keys}  # useful for logging and the checkpoint
+if wandb_log and not eval_only and int(os.environ.get('RANK', 0)) == 0:
+    try:
+        import wandb  # only needed, and only imported, with wandb_log=True
+    except ImportError:
+        die("wandb_log=True but wandb is not installed (pip install wandb), or run with --wandb_log=False")
 # -----------------------------------------------------------------------------
 
 # various inits, derived attributes, I/O setup
@@ -372,10 +377,6 @@ def log_metrics(row):
 
 # logging
 if wandb_log and master_process and not eval_only:
-    try:
-        import wandb
-    except ImportError:
-        die("wandb_log=True but wandb is not installed (pip install wandb), or run with --wandb_log=False")
     wandb.init(project=wandb_project, name=wandb_run_name, config=config, mode=wandb_mode or None,
                resume='allow' if init_from == 'resume' else None)
 

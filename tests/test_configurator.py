@@ -101,7 +101,7 @@ def test_shipped_configs_are_valid():
     for line in out.stdout.splitlines():
         if line.startswith("  ") and " = " in line:
             key, rest = line.strip().split(" = ", 1)
-            defaults[key] = ast.literal_eval(rest.rsplit("  (", 1)[0])
+            defaults[key.strip()] = ast.literal_eval(rest.rsplit("  (", 1)[0])
     for cfg in sorted((ROOT / "config").glob("*.py")):
         apply_config([str(cfg)], defaults)
 

@@ -1,0 +1,243 @@
+"""train.py end to end, offline: tiny models for a few dozen steps on the first 300 stories of the shared sample.
+
+Every run is a subprocess (`python train.py --key=value ...`), as a user would start it; a few runs go
+through a small driver that patches torch.save / torch.load / the model first, to simulate a crash
+during a save or a diverging loss.
+"""
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+SAMPLE = SHARED / "data" / "tinystories" / "train_sample_lower.txt"
+
+# a tiny MicroRWKV with every sub-layer (TimeMix, ChannelMix, SWA, GQA, top-1-of-2 MoE), CPU float32
+TINY = ["--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=1", "--head_size=16", "--block_size=32",
+        "--window_size=16", "--chunk_len=16", "--num_experts=2", "--num_active_experts=1", "--expert_dim=32",
+        "--batch_size=4", "--learning_rate=1e-2", "--min_lr=1e-3", "--warmup_iters=2", "--eval_iters=2",
+        "--log_interval=1", "--num_threads=1", "--device=cpu", "--dtype=float32", "--compile=False", "--seed=7", "--beta2=0.99"]
+LOG_LINE = re.compile(r"^iter (\d+): loss [\d.]+, aux [\d.]+, lr [\d.e+-]+, time [\d.]+ ms, tok/s [\d,]+, mfu [\d.]+%$",
+                      re.M)
+
+# patches applied before train.py runs (selected by environment variables), then train.py as __main__
+DRIVER = textwrap.dedent("""
+    import os, runpy, signal, sys
+    import torch
+    kill_at = int(os.environ.get("KILL_AT_SAVE", "0"))
+    if kill_at:
+        real_save, saves = torch.save, [0]
+        def dying_save(obj, f, *args, **kwargs):
+            saves[0] += 1
+            if saves[0] == kill_at:  # write part of the file, then die as a crash would
+                f.write(b"PK\\x03\\x04 half a checkpoint")
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_save(obj, f, *args, **kwargs)
+        torch.save = dying_save
+    if os.environ.get("SPY_LOAD"):
+        real_load = torch.load
+        def spy_load(*args, **kwargs):
+            print("torch.load weights_only=%r" % (kwargs.get("weights_only"),), flush=True)
+            return real_load(*args, **kwargs)
+        torch.load = spy_load
+    nan_at = int(os.environ.get("NAN_AT_STEP", "0"))
+    if nan_at:
+        import model
+        real_build = model.build_model
+        def build_model(config):
+            m = real_build(config)
+            forward, calls = m.forward, [0]
+            def nan_forward(idx, targets=None, return_aux_loss=False):
+                out = forward(idx, targets, return_aux_loss)
+                if m.training and targets is not None:
+                    calls[0] += 1
+                    if calls[0] >= nan_at:
+                        out = (out[0], out[1] * float("nan"), *out[2:])
+                return out
+            m.forward = nan_forward
+            return m
+        model.build_model = build_model
+    sys.argv = ["train.py", *sys.argv[1:]]
+    runpy.run_path("train.py", run_name="__main__")
+""")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    if not SAMPLE.exists():
+        pytest.skip(f"shared TinyStories sample not found at {SAMPLE}")
+    out = tmp_path_factory.mktemp("data") / "tinystories_300"
+    subprocess.run([sys.executable, "prepare_tinystories.py", "--source", str(SAMPLE), "--num_stories", "300",
+                    "--out_dir", str(out), "--num_proc", "1"], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    return out
+
+
+def train(out_dir, data_dir, *args, driver=None, env=None, check=True):
+    cmd = [sys.executable, "-c", DRIVER] if driver else [sys.executable, "train.py"]
+    cmd += [*TINY, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def metrics(out_dir):
+    rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = {r["iter"]: r["train_loss"] for r in rows if "train_loss" in r}
+    evals = {r["iter"]: r["eval_val"] for r in rows if "eval_val" in r}
+    return rows, steps, evals
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("model_type", ["microrwkv", "gpt"])
+def test_tiny_model_learns(model_type, data_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = train(out, data_dir, f"--model_type={model_type}", "--max_iters=40", "--lr_decay_iters=40",
+                 "--eval_interval=20", "--ckpt_interval=20")
+    assert [int(i) for i in LOG_LINE.findall(proc.stdout)] == list(range(1, 41))
+    _, steps, evals = metrics(out)
+    assert sorted(steps) == list(range(1, 41)) and sorted(evals) == [0, 20, 40]
+    ln_vocab = math.log(50304)
+    assert abs(evals[0] - ln_vocab) < 0.5  # starts near uniform
+    assert evals[40] < ln_vocab - 3.5, evals  # and learns well below it
+    assert sum(steps[i] for i in range(36, 41)) / 5 < ln_vocab - 3.5, steps
+
+    assert sorted(p.name for p in out.glob("*.pt")) == ["ckpt-20.pt", "ckpt-40.pt", "ckpt.pt"]
+    ckpt = load(out / "ckpt.pt")  # loadable with weights_only=True
+    for key in ("model", "optimizer", "model_args", "iter_num", "best_val_loss", "config", "rng_state"):
+        assert key in ckpt, key
+    assert ckpt["iter_num"] == 40 and ckpt["best_val_loss"] == pytest.approx(evals[40])
+    from model import GPTConfig, build_model
+    assert set(ckpt["model_args"]) == {f.name for f in dataclasses.fields(GPTConfig)}
+    assert ckpt["model_args"]["model_type"] == model_type and ckpt["config"]["max_iters"] == 40
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    model = build_model(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])  # a sampler can rebuild the model from the checkpoint alone
+    assert isinstance(ckpt["rng_state"], torch.Tensor) and ckpt["rng_state"].dtype == torch.uint8
+
+
+@pytest.fixture(scope="module")
+def resumed(data_dir, tmp_path_factory):
+    """An uninterrupted 12-step run, and the same run stopped after 6 steps and resumed from ckpt-6."""
+    base = tmp_path_factory.mktemp("resume")
+    common = ["--lr_decay_iters=12", "--eval_interval=4", "--ckpt_interval=6"]
+    train(base / "full", data_dir, "--max_iters=12", *common)
+    train(base / "split", data_dir, "--max_iters=6", *common)
+    (base / "split" / "ckpt.pt").unlink()  # resume must really come from ckpt-6
+    train(base / "split", data_dir, "--max_iters=12", "--init_from=resume", "--resume_ckpt=ckpt-6", *common)
+    return base / "full", base / "split"
+
+
+def test_resume_reproduces_the_uninterrupted_run(resumed):
+    full, split = resumed
+    _, full_steps, full_evals = metrics(full)
+    rows, split_steps, split_evals = metrics(split)
+    assert sorted(split_steps) == list(range(1, 13))  # appended, no duplicates
+    for i in range(1, 13):
+        assert split_steps[i] == pytest.approx(full_steps[i], abs=1e-5), (i, split_steps[i], full_steps[i])
+    for i in (8, 12):
+        assert split_evals[i] == pytest.approx(full_evals[i], abs=1e-5)
+    a, b = load(full / "ckpt-12.pt"), load(split / "ckpt-12.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-5, rtol=0)
+    assert torch.equal(a["rng_state"], b["rng_state"])
+
+
+def test_eval_only_evaluates_and_exits(resumed, data_dir):
+    full, _ = resumed
+    before = {p.name: p.stat().st_mtime_ns for p in full.iterdir()}
+    proc = train(full, data_dir, "--init_from=resume", "--eval_only=True", "--max_iters=12")
+    m = re.search(r"step 12: train loss ([\d.]+), val loss ([\d.]+)", proc.stdout)
+    assert m, proc.stdout
+    assert float(m.group(2)) == pytest.approx(metrics(full)[2][12], abs=1e-4)  # the same eval batches
+    assert not LOG_LINE.search(proc.stdout)  # no training step
+    assert {p.name: p.stat().st_mtime_ns for p in full.iterdir()} == before  # nothing written
+
+
+def test_plot_metrics(resumed, tmp_path):
+    full, split = resumed
+    png = tmp_path / "assets" / "loss.png"
+    proc = subprocess.run([sys.executable, "plot_metrics.py", str(full), str(split), "--labels", "full", "resumed",
+                           "--out", str(png), "--x", "tokens"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_kill_during_save_keeps_previous_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "out"
+    args = ["--max_iters=12", "--lr_decay_iters=12", "--eval_interval=100", "--ckpt_interval=4"]
+    # saves: ckpt.pt and ckpt-4.pt at step 4, then the process dies while writing ckpt.pt at step 8
+    proc = train(out, data_dir, *args, driver=True, env={"KILL_AT_SAVE": "3"}, check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (out / "ckpt.pt.tmp").exists()  # the torn file
+    assert load(out / "ckpt.pt")["iter_num"] == 4  # the previous checkpoint is intact
+    assert not (out / "ckpt-8.pt").exists()
+    # and the run resumes from it (loading with weights_only=True)
+    proc = train(out, data_dir, *args, "--init_from=resume", driver=True, env={"SPY_LOAD": "1"})
+    loads = re.findall(r"torch.load weights_only=(\w+)", proc.stdout)
+    assert loads and set(loads) == {"True"}
+    assert load(out / "ckpt.pt")["iter_num"] == 12 and not (out / "ckpt.pt.tmp").exists()
+    assert sorted(metrics(out)[1]) == list(range(1, 13))
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoints(data_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = train(out, data_dir, "--max_iters=12", "--eval_interval=100", "--ckpt_interval=3", driver=True,
+                 env={"NAN_AT_STEP": "5"}, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == f"error: non-finite loss at iter 5; last good checkpoint: {out / 'ckpt-3.pt'}"
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.glob("*.pt*")) == ["ckpt-3.pt", "ckpt.pt"]
+    ckpt = load(out / "ckpt.pt")
+    assert ckpt["iter_num"] == 3 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert max(metrics(out)[1]) == 4  # step 5 was not logged as a train loss
+
+
+def test_missing_data_is_a_one_line_error(tmp_path):
+    proc = train(tmp_path / "out", tmp_path / "no_data", "--max_iters=2", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.startswith(f"error: no prepared dataset in {tmp_path / 'no_data'}")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_wandb_missing_is_a_clear_error(tmp_path):
+    try:
+        import wandb  # noqa: F401
+        pytest.skip("wandb is installed")
+    except ImportError:
+        pass
+    proc = train(tmp_path / "out", tmp_path / "no_data", "--max_iters=2", "--wandb_log=True", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: wandb_log=True but wandb is not installed (pip install wandb), or run with --wandb_log=False"
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_ddp_on_cpu(data_dir, tmp_path):
+    """torchrun with two CPU processes (gloo): gradient accumulation split over ranks, one checkpoint."""
+    out = tmp_path / "out"
+    cmd = ["torchrun", "--standalone", "--nproc_per_node=2", "train.py", *TINY, f"--data_dir={data_dir}",
+           f"--out_dir={out}", "--max_iters=4", "--lr_decay_iters=4", "--eval_interval=4", "--ckpt_interval=4",
+           "--gradient_accumulation_steps=2", "--backend=gloo"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "tokens per iteration will be: 256" in proc.stdout  # 2 ranks x 1 micro-step x 4 x 32
+    assert len(LOG_LINE.findall(proc.stdout)) == 4  # only rank 0 logs
+    ckpt = load(out / "ckpt-4.pt")
+    assert ckpt["iter_num"] == 4 and ckpt["rng_state"].shape[0] == 2  # each rank's sampler state
+    assert not any(k.startswith("module.") for k in ckpt["model"])
