@@ -16,7 +16,7 @@ After each sample, one line reports the token counts and the speed, measured on 
     prefill = the prompt's forward pass and the first sampled token
     decode  = every token after the first
 --recompute decodes the original way instead, re-running the whole context for every new token, to
-compare speeds; both ways sample the same tokens.
+compare speeds; greedy (--temperature=0) decoding gives the same tokens both ways.
 An empty prompt starts from <|endoftext|>, the token between TinyStories stories.
 """
 
@@ -24,6 +24,7 @@ import argparse
 import codecs
 import functools
 import os
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -50,8 +51,9 @@ def parse_args(argv):
                                                               "this much probability, in (0, 1]; 1: no limit")
     p.add_argument("--seed", type=int, default=1337, help="same seed, same output")
     p.add_argument("--device", default=default_device, help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="autocast dtype of the forward passes (float16: CUDA only)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="autocast dtype of the forward passes (float16: not on CPU); "
+                        "default: bfloat16 on GPUs that support it, else float32")
     p.add_argument("--stream", action="store_true", help="print each token as soon as it is sampled")
     p.add_argument("--stop_at_eot", action="store_true", help="end a sample at <|endoftext|> (not printed)")
     p.add_argument("--recompute", action="store_true",
@@ -66,13 +68,24 @@ def die(msg):
     sys.exit(1)
 
 
+def one_line(e):
+    """An exception as a short single line, for die()."""
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:200] + '...' if len(msg) > 200 else msg}"
+
+
 def checkpoint_names(out_dir):
-    """The checkpoint names in out_dir, ckpt first, then ckpt-<iter> by iteration."""
+    """The checkpoint names (no .pt) in out_dir."""
     try:
         names = [f[:-3] for f in os.listdir(out_dir) if f.endswith(".pt")]
     except OSError:
         return []
-    return sorted(names, key=lambda n: (n != "ckpt", len(n), n))
+
+    def order(name):  # ckpt, then ckpt-<iter> by iteration, then any other name
+        numbered = re.fullmatch(r"ckpt-(\d+)", name)
+        return name != "ckpt", int(numbered[1]) if numbered else float("inf"), name
+
+    return sorted(names, key=order)
 
 
 def load_model(out_dir, model_name, device):
@@ -86,7 +99,7 @@ def load_model(out_dir, model_name, device):
         # mmap: only the tensors we use are read, not the optimizer state (twice the model's size)
         ckpt = torch.load(path, map_location=device, weights_only=True, mmap=True)
     except Exception as e:  # torch.load raises many types for a file that is not a torch zip archive
-        die(f"{path} is not a MicroRWKV checkpoint ({type(e).__name__}: {str(e).strip().splitlines()[0]})")
+        die(f"{path} is not a MicroRWKV checkpoint ({one_line(e)})")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
             or not isinstance(ckpt.get("model_args"), dict):
         die(f"{path} is not a MicroRWKV checkpoint (no 'model' and 'model_args' entries)")
@@ -96,7 +109,7 @@ def load_model(out_dir, model_name, device):
         state_dict = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
         model.load_state_dict(state_dict)
     except (TypeError, ValueError, RuntimeError, AssertionError) as e:
-        die(f"{path} does not match this model.py ({type(e).__name__}: {str(e).strip().splitlines()[0]})")
+        die(f"{path} does not match this model.py ({one_line(e)})")
     return model.to(device).eval()
 
 
@@ -138,26 +151,31 @@ def main(argv=None):
         die(f"--top_p must be in (0, 1], got {args.top_p}")
     if args.top_k < 0:
         die(f"--top_k must be >= 0 (0: no limit), got {args.top_k}")
-    device_type = "cuda" if "cuda" in args.device else "cpu"
-    if device_type == "cuda" and not torch.cuda.is_available():
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        die(f"bad --device {args.device!r} ({one_line(e)})")
+    if device.type == "cuda" and not torch.cuda.is_available():
         die(f"--device={args.device} but CUDA is not available; use --device=cpu")
-    if args.dtype == "float16" and device_type != "cuda":
-        die("--dtype=float16 needs a CUDA device; use float32 or bfloat16 on CPU")
-    ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.dtype)
-    ctx = nullcontext() if ptdtype is None else torch.autocast(device_type=device_type, dtype=ptdtype)
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    dtype = args.dtype or ("bfloat16" if cuda_bf16 else "float32")
+    if dtype == "float16" and device.type == "cpu":
+        die("--dtype=float16 needs a GPU; use float32 or bfloat16 on CPU")
+    ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    ctx = nullcontext() if ptdtype is None else torch.autocast(device_type=device.type, dtype=ptdtype)
     if args.prompt_file is not None:
         try:
             with open(args.prompt_file, encoding="utf-8") as f:
                 prompt = f.read()
         except (OSError, UnicodeDecodeError) as e:
-            die(f"cannot read --prompt_file {args.prompt_file} ({type(e).__name__}: {e})")
+            die(f"cannot read --prompt_file {args.prompt_file} ({one_line(e)})")
         prompt = prompt[:-1] if prompt.endswith("\n") else prompt  # the newline editors add at the end
     else:
         prompt = args.prompt
 
     enc = get_tokenizer()
     eot = enc.eot_token
-    model = load_model(args.out_dir, args.model_name, args.device)
+    model = load_model(args.out_dir, args.model_name, device)
     mask_padding_tokens(model, enc.n_vocab)
     cfg = model.config
     # the prompt may contain <|endoftext|>, the story separator of the training data
@@ -168,10 +186,10 @@ def main(argv=None):
         prompt_ids = prompt_ids[-cfg.block_size:]
     if any(i >= cfg.vocab_size for i in prompt_ids):
         die(f"the prompt has tokens outside the model's vocab_size={cfg.vocab_size}")
-    idx = torch.tensor([prompt_ids], dtype=torch.long, device=args.device)
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
 
     # one generator seeded once: sample i of a run is the same for the same seed
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
     decode = functools.partial(generate_recompute, model) if args.recompute else model.generate_stream
     top_k = args.top_k or None
     mode = "recompute" if args.recompute else "recurrent"
@@ -184,33 +202,28 @@ def main(argv=None):
         if args.stream:
             print(prompt, end="", flush=True)
         steps = decode(idx, args.max_num_tokens, args.temperature, top_k, args.top_p, generator)
-        times, n_new = [], 0
+        times, n_new = [], 0  # times[0]: prefill + 1st token; then one entry per token
         with torch.no_grad(), ctx:
-            while True:
+            for n_new in range(1, args.max_num_tokens + 1):
                 t0 = time.perf_counter()
-                token = next(steps, None)
-                token = None if token is None else int(token[0, 0])  # int(): waits for the device
+                token = int(next(steps)[0, 0])  # int(): waits for the device, so the time is honest
                 times.append(time.perf_counter() - t0)
-                if token is None or (args.stop_at_eot and token == eot):
-                    n_new += token is not None
+                if args.stop_at_eot and token == eot:
                     break
-                n_new += 1
                 pieces.append(utf8.decode(enc.decode_single_token_bytes(token)))
                 if args.stream:
                     print(pieces[-1], end="", flush=True)
         pieces.append(utf8.decode(b"", final=True))
-        if args.stream:
-            print(pieces[-1])
-        else:
-            print("".join(pieces))
-        # times[0]: prefill + first token; times[1:n_new]: the other tokens (a last call that ended the
-        # generator is not a token and is left out)
-        t_prefill, t_decode = times[0], sum(times[1:n_new])
+        print(pieces[-1] if args.stream else "".join(pieces))
+        t_prefill, t_decode = times[0], sum(times[1:])
         decode_speed = f"{(n_new - 1) / t_decode:.1f} tok/s" if n_new > 1 else "n/a"
         print(f"[prompt {len(prompt_ids)} tokens | generated {n_new} tokens | "
               f"prefill {len(prompt_ids) / t_prefill:.1f} tok/s ({t_prefill:.3f} s, incl. 1st token) | "
-              f"decode ({mode}) {decode_speed} ({t_decode:.3f} s) | {args.device} {args.dtype}]")
-
+              f"decode ({mode}) {decode_speed} ({t_decode:.3f} s) | {device} {dtype}]")
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C in the middle of a long sample
+        print("", file=sys.stderr)
+        sys.exit(130)
