@@ -72,7 +72,7 @@ warmup_iters = 200
 lr_decay_iters = 5000  # ~= max_iters per Chinchilla
 min_lr = 6e-5  # ~= learning_rate / 10 per Chinchilla
 # DDP
-backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+backend = ''  # torch.distributed backend: '' picks 'nccl' for CUDA devices, 'gloo' otherwise
 # system
 device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cpu', 'cuda', 'cuda:1', 'mps', ...
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
@@ -103,9 +103,11 @@ if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
 if model_type not in ('microrwkv', 'gpt'):
     die(f"model_type must be 'microrwkv' or 'gpt', got {model_type!r}")
-for _k in ('max_iters', 'eval_iters', 'log_interval', 'eval_interval', 'batch_size', 'gradient_accumulation_steps'):
-    if globals()[_k] < (0 if _k == 'max_iters' else 1):
-        die(f"{_k} must be {'>= 0' if _k == 'max_iters' else '>= 1'}, got {globals()[_k]}")
+for _k in ('max_iters', 'ckpt_interval', 'eval_iters', 'log_interval', 'eval_interval', 'batch_size',
+           'gradient_accumulation_steps'):
+    _min = 0 if _k in ('max_iters', 'ckpt_interval') else 1
+    if globals()[_k] < _min:
+        die(f"{_k} must be >= {_min}, got {globals()[_k]}")
 config = {k: globals()[k] for k in config_keys}  # useful for logging and the checkpoint
 if wandb_log and not eval_only and int(os.environ.get('RANK', 0)) == 0:
     try:
@@ -119,7 +121,7 @@ ddp = int(os.environ.get('RANK', -1)) != -1  # is this a ddp run?
 if ddp:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend or ('nccl' if device.startswith('cuda') else 'gloo'))
     ddp_rank = int(os.environ['RANK'])
     ddp_local_rank = int(os.environ['LOCAL_RANK'])
     ddp_world_size = int(os.environ['WORLD_SIZE'])
@@ -155,6 +157,34 @@ if dtype == 'float16' and device_type != 'cuda':
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 
+# init these up here, can override if init_from='resume'
+iter_num = 0  # number of optimizer steps done
+best_val_loss = 1e9
+checkpoint = None
+model_keys = [f.name for f in dataclasses.fields(GPTConfig)]
+model_args = {k: globals()[k] for k in model_keys}
+if init_from == 'scratch':
+    if master_process:
+        print(f"Initializing a new {model_type} model from scratch")
+else:
+    _name = resume_ckpt[:-3] if resume_ckpt.endswith('.pt') else resume_ckpt
+    ckpt_path = os.path.join(out_dir, _name + '.pt')
+    if master_process:
+        print(f"Resuming training from {ckpt_path}")
+    if not os.path.isfile(ckpt_path):
+        die(f"checkpoint not found: {ckpt_path}")
+    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+    # the architecture comes from the checkpoint; only dropout may be changed on resume
+    for k in model_keys:
+        if k in checkpoint['model_args'] and k != 'dropout':
+            if master_process and checkpoint['model_args'][k] != model_args[k] and config[k] != _defaults[k]:
+                print(f"note: {k}={model_args[k]!r} ignored, the checkpoint has {checkpoint['model_args'][k]!r}")
+            model_args[k] = checkpoint['model_args'][k]
+    globals().update({k: v for k, v in model_args.items()})
+    config.update(model_args)
+    iter_num = checkpoint['iter_num']
+    best_val_loss = checkpoint['best_val_loss']
+
 # data: random windows of the token memmaps, drawn from a dedicated generator whose state goes
 # into the checkpoint, so that a resumed run sees exactly the batches the uninterrupted one would
 from prepare_tinystories import DataError, load_tokens  # noqa: E402
@@ -183,31 +213,6 @@ def get_batch(split, generator):
     return x, y
 
 
-# init these up here, can override if init_from='resume'
-iter_num = 0  # number of optimizer steps done
-best_val_loss = 1e9
-checkpoint = None
-model_keys = [f.name for f in dataclasses.fields(GPTConfig)]
-model_args = {k: globals()[k] for k in model_keys}
-if init_from == 'scratch':
-    print(f"Initializing a new {model_type} model from scratch")
-else:
-    _name = resume_ckpt[:-3] if resume_ckpt.endswith('.pt') else resume_ckpt
-    ckpt_path = os.path.join(out_dir, _name + '.pt')
-    print(f"Resuming training from {ckpt_path}")
-    if not os.path.isfile(ckpt_path):
-        die(f"checkpoint not found: {ckpt_path}")
-    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-    # the architecture comes from the checkpoint; only dropout may be changed on resume
-    for k in model_keys:
-        if k in checkpoint['model_args'] and k != 'dropout':
-            if master_process and checkpoint['model_args'][k] != model_args[k] and config[k] != _defaults[k]:
-                print(f"note: {k}={model_args[k]!r} ignored, the checkpoint has {checkpoint['model_args'][k]!r}")
-            model_args[k] = checkpoint['model_args'][k]
-    globals().update({k: v for k, v in model_args.items()})
-    config.update(model_args)
-    iter_num = checkpoint['iter_num']
-    best_val_loss = checkpoint['best_val_loss']
 model = build_model(GPTConfig(**model_args))
 if checkpoint is not None:
     state_dict = checkpoint['model']
@@ -238,7 +243,7 @@ if checkpoint is not None:
         train_gen.set_state(states.cpu())
     else:
         if master_process:
-            print("note: checkpoint sampler state is for another world size; reseeding the sampler")
+            print(f"note: the checkpoint has no sampler state for {ddp_world_size} process(es); reseeding the sampler")
         train_gen.manual_seed(seed + seed_offset + 1_000_003 * iter_num)
     if checkpoint.get('torch_rng_state') is not None and ddp_world_size == 1:
         torch.set_rng_state(checkpoint['torch_rng_state'].cpu())
@@ -377,8 +382,7 @@ def log_metrics(row):
 
 # logging
 if wandb_log and master_process and not eval_only:
-    wandb.init(project=wandb_project, name=wandb_run_name, config=config, mode=wandb_mode or None,
-               resume='allow' if init_from == 'resume' else None)
+    wandb.init(project=wandb_project, name=wandb_run_name, config=config, mode=wandb_mode or None)
 
 # training loop
 if ddp:

@@ -232,7 +232,7 @@ def test_ddp_on_cpu(data_dir, tmp_path):
     out = tmp_path / "out"
     cmd = ["torchrun", "--standalone", "--nproc_per_node=2", "train.py", *TINY, f"--data_dir={data_dir}",
            f"--out_dir={out}", "--max_iters=4", "--lr_decay_iters=4", "--eval_interval=4", "--ckpt_interval=4",
-           "--gradient_accumulation_steps=2", "--backend=gloo"]
+           "--gradient_accumulation_steps=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
