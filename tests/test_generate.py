@@ -25,7 +25,7 @@ TINY = dict(block_size=16, n_layer=2, n_head=2, n_embd=32, head_size=16, n_kv_he
             num_experts=4, num_active_experts=2, expert_dim=32, chunk_len=8)
 TINY_GPT = dict(TINY, model_type="gpt", block_size=128)
 SPEED = re.compile(r"^\[prompt (\d+) tokens \| generated (\d+) tokens \| prefill [\d.]+ tok/s \([\d.]+ s, incl\. "
-                   r"1st token\) \| decode \((recurrent|recompute)\) ([\d.]+ tok/s|n/a) \([\d.]+ s\) \| cpu float32\]$")
+                   r"1st token\) \| decode \((recurrent|recompute)\) ([\d.]+ tok/s|n/a) \([\d.]+ s\) \| cpu (\w+)\]$")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -120,11 +120,11 @@ def test_cli_greedy_text_is_the_reference_text(out_dir, capsys):
     enc = generate.get_tokenizer()
     model = generate.load_model(str(out_dir), "ckpt", "cpu")
     generate.mask_padding_tokens(model, enc.n_vocab)
-    expected = "One day" + enc.decode(greedy_by_recomputation(model, enc.encode("One day"), 100))
+    expected = "One day" + enc.decode(greedy_by_recomputation(model, enc.encode("One day"), 60))
     for mode in ([], ["--recompute"]):
-        text, speed, _ = run(capsys, out_dir, "--prompt=One day", "--max_num_tokens=100", "--temperature=0", *mode)
+        text, speed, _ = run(capsys, out_dir, "--prompt=One day", "--max_num_tokens=60", "--temperature=0", *mode)
         assert "\n".join(text) == expected
-        assert speed[0].group(1, 2, 3) == ("2", "100", "recompute" if mode else "recurrent")
+        assert speed[0].group(1, 2, 3) == ("2", "60", "recompute" if mode else "recurrent")
 
 
 def test_padding_tokens_are_never_sampled():
@@ -139,7 +139,7 @@ def test_padding_tokens_are_never_sampled():
 
 
 def test_same_seed_same_output_and_stream_prints_the_same(out_dir, capsys):
-    args = ["--prompt=Once upon a time", "--max_num_tokens=40", "--num_samples=2", "--temperature=1.0",
+    args = ["--prompt=Once upon a time", "--max_num_tokens=30", "--num_samples=2", "--temperature=1.0",
             "--top_k=100", "--top_p=0.9"]
     text, speed, _ = run(capsys, out_dir, *args, "--seed=7")
     assert run(capsys, out_dir, *args, "--seed=7")[0] == text
@@ -192,6 +192,12 @@ def test_long_prompts(out_dir, capsys, tmp_path):
     text, speed, err = run(capsys, out_dir, f"--prompt_file={story}", "--max_num_tokens=200", "--model_name=gpt")
     assert speed[0].group(1, 2) == ("128", "200")
     assert err.startswith(f"warning: the prompt has {n} tokens") and len(err.splitlines()) == 1
+
+
+def test_dtypes_on_cpu(out_dir, capsys):
+    """float32 by default on CPU; bfloat16 runs under autocast (float16 is refused: see test_bad_values)."""
+    assert run(capsys, out_dir, "--max_num_tokens=3")[1][0].group(5) == "float32"
+    assert run(capsys, out_dir, "--max_num_tokens=3", "--dtype=bfloat16")[1][0].group(5) == "bfloat16"
 
 
 def test_help_lists_every_flag(capsys):
@@ -295,8 +301,3 @@ def test_train_then_generate(tmp_path):
     assert lines[0].startswith("One day") and len(lines[0]) > len("One day")
     speed = SPEED.match(lines[-1])
     assert speed and speed.group(1, 2, 3) == ("2", "40", "recurrent"), lines[-1]
-
-    bad = subprocess.run([sys.executable, "generate.py", f"--out_dir={out}", "--model_name=ckpt-9"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and bad.stdout == ""
-    assert bad.stderr == f"error: no checkpoint 'ckpt-9' in {out}; found: ckpt, ckpt-2\n"
