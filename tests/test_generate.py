@@ -104,7 +104,7 @@ def test_recurrent_greedy_equals_recomputation(out_dir, name, n_new):
     """Greedy through prefill + one forward_with_state per token == greedy by full re-computation:
     MicroRWKV to 7x past block_size (and 15x past the SWA window), GPT up to its block_size."""
     model = generate.load_model(str(out_dir), name, "cpu")
-    generate.mask_padding_tokens(model, EOT + 1)
+    generate.sampling_head(model, EOT + 1)
     prompt = [464, 1110, 11, 257, 1310]  # "The day, a little"
     expected = greedy_by_recomputation(model, prompt, n_new)
     assert len(prompt) + n_new > (16 * 7 if name != "gpt" else 120)
@@ -119,7 +119,7 @@ def test_cli_greedy_text_is_the_reference_text(out_dir, capsys):
     """The CLI's recurrent and --recompute runs print exactly the text of the reference tokens."""
     enc = generate.get_tokenizer()
     model = generate.load_model(str(out_dir), "ckpt", "cpu")
-    generate.mask_padding_tokens(model, enc.n_vocab)
+    generate.sampling_head(model, enc.n_vocab)
     expected = "One day" + enc.decode(greedy_by_recomputation(model, enc.encode("One day"), 60))
     for mode in ([], ["--recompute"]):
         text, speed, _ = run(capsys, out_dir, "--prompt=One day", "--max_num_tokens=60", "--temperature=0", *mode)
@@ -127,11 +127,16 @@ def test_cli_greedy_text_is_the_reference_text(out_dir, capsys):
         assert speed[0].group(1, 2, 3) == ("2", "60", "recompute" if mode else "recurrent")
 
 
-def test_padding_tokens_are_never_sampled():
+def test_sampling_head():
+    """Logits of the last position only, and none for the padding ids past the tokenizer's 50257."""
     model = tiny_model()
-    generate.mask_padding_tokens(model, EOT + 1)
-    logits, _ = model.forward_with_state(torch.tensor([[1, 2, 3]]))
-    assert torch.isinf(logits[..., EOT + 1:]).all() and torch.isfinite(logits[..., :EOT + 1]).all()
+    idx = torch.tensor([[1, 2, 3]])
+    expected = model.forward_with_state(idx)[0][:, -1:]
+    generate.sampling_head(model, EOT + 1)
+    logits, _ = model.forward_with_state(idx)
+    assert logits.shape == (1, 1, 50304)
+    assert torch.allclose(logits[..., :EOT + 1], expected[..., :EOT + 1], atol=1e-4)
+    assert torch.isinf(logits[..., EOT + 1:]).all()
 
 
 # ----------------------------------------------------------------------------------------------------
