@@ -249,12 +249,12 @@ def plot(all_rows, path, title, on_cuda):
         ax_mem.plot(pos, [r["state_bytes"] / 2**20 for r in rows], color=color, linewidth=2, label=name)
         mem_key = "cuda_max_allocated" if on_cuda else "rss_bytes"
         ax_mem.plot(pos, [(r[mem_key] - rows[0][mem_key]) / 2**20 for r in rows], color=color,
-                    linewidth=1, linestyle="--")
+                    linewidth=0.8, linestyle="--", alpha=0.6)
     ax_lat.set(title="latency of one token", xlabel="token position", ylabel="ms")
     ax_cum.set(title="cumulative decode time", xlabel="token position", ylabel="s")
     process = "CUDA max allocated" if on_cuda else "process RSS"
-    ax_mem.set(title=f"memory: state / KV cache bytes (solid), {process} growth (dashed)",
-               xlabel="token position", ylabel="MiB")
+    ax_mem.set(title="memory", xlabel="token position",
+               ylabel=f"MiB: state / KV cache (solid), {process} growth (dashed)")
     ax_lat.set_ylim(bottom=0)
     for ax in (ax_lat, ax_cum, ax_mem):
         ax.grid(alpha=0.3)
