@@ -207,7 +207,7 @@ def main(argv=None):
         if args.stream:
             print(prompt, end="", flush=True)
         steps = decode(idx, args.max_num_tokens, args.temperature, top_k, args.top_p, generator)
-        times, n_new = [], 0  # times[0]: prefill + 1st token; then one entry per token
+        times = []  # times[0]: prefill + 1st token; then one entry per token
         with torch.no_grad(), ctx:
             for n_new in range(1, args.max_num_tokens + 1):
                 t0 = time.perf_counter()
@@ -225,6 +225,7 @@ def main(argv=None):
         print(f"[prompt {len(prompt_ids)} tokens | generated {n_new} tokens | "
               f"prefill {len(prompt_ids) / t_prefill:.1f} tok/s ({t_prefill:.3f} s, incl. 1st token) | "
               f"decode ({mode}) {decode_speed} ({t_decode:.3f} s) | {device} {dtype}]")
+
 
 if __name__ == "__main__":
     try:

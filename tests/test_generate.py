@@ -69,7 +69,8 @@ def run(capsys, out_dir, *args):
     generate.main([f"--out_dir={out_dir}", "--device=cpu", *args])
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    return [ln for ln in lines if not SPEED.match(ln)], [SPEED.match(ln) for ln in lines if SPEED.match(ln)], captured.err
+    speed = [SPEED.match(ln) for ln in lines]
+    return [ln for ln, m in zip(lines, speed) if not m], [m for m in speed if m], captured.err
 
 
 def fails(capsys, out_dir, *args):
@@ -99,15 +100,14 @@ def tokens(steps):
 # decoding
 
 
-@pytest.mark.parametrize("name, n_new", [("ckpt-500", 120), ("gpt", 120)])
-def test_recurrent_greedy_equals_recomputation(out_dir, name, n_new):
-    """Greedy through prefill + one forward_with_state per token == greedy by full re-computation:
-    MicroRWKV to 7x past block_size (and 15x past the SWA window), GPT up to its block_size."""
+@pytest.mark.parametrize("name", ["ckpt-500", "gpt"])
+def test_recurrent_greedy_equals_recomputation(out_dir, name):
+    """Greedy through prefill + one forward_with_state per token == greedy by full re-computation, for 120
+    tokens: MicroRWKV to 7x its block_size (16) and 15x its SWA window (8), GPT within its block_size (128)."""
     model = generate.load_model(str(out_dir), name, "cpu")
     generate.sampling_head(model, EOT + 1)
-    prompt = [464, 1110, 11, 257, 1310]  # "The day, a little"
+    prompt, n_new = [464, 1110, 11, 257, 1310], 120  # "The day, a little"
     expected = greedy_by_recomputation(model, prompt, n_new)
-    assert len(prompt) + n_new > (16 * 7 if name != "gpt" else 120)
     assert len(set(expected)) > 20, "the reference sequence must not be trivial"
     idx = torch.tensor([prompt])
     assert tokens(model.generate_stream(idx, n_new, temperature=0)) == expected
@@ -160,12 +160,13 @@ def test_stop_at_eot(out_dir, capsys, monkeypatch):
     real = model_module.sample
     calls = []
 
-    def eot_on_fourth_call(logits, *args, **kwargs):
-        calls.append(1)
-        return torch.full_like(real(logits, *args, **kwargs), EOT) if len(calls) % 4 == 0 else real(logits, *args, **kwargs)
+    def eot_every_fourth_token(logits, *args, **kwargs):
+        token = real(logits, *args, **kwargs)
+        calls.append(token)
+        return token.fill_(EOT) if len(calls) % 4 == 0 else token
 
-    monkeypatch.setattr(model_module, "sample", eot_on_fourth_call)
-    monkeypatch.setattr(generate, "sample", eot_on_fourth_call)
+    monkeypatch.setattr(model_module, "sample", eot_every_fourth_token)  # model.generate_stream's
+    monkeypatch.setattr(generate, "sample", eot_every_fourth_token)  # generate_recompute's
     for mode in ([], ["--recompute"], ["--stream"]):
         calls.clear()
         text, speed, _ = run(capsys, out_dir, "--prompt=One day", "--max_num_tokens=10", "--stop_at_eot", *mode)
@@ -187,8 +188,8 @@ def test_long_prompts(out_dir, capsys, tmp_path):
     """Past block_size: MicroRWKV takes the whole prompt; GPT keeps the last block_size tokens, warns,
     and generates past its block_size by re-prefilling."""
     content = "Once upon a time there was a little dog named Max. " * 20 + "\n"
-    (tmp_path / "story.txt").write_text(content)
     story = tmp_path / "story.txt"
+    story.write_text(content)
     enc = generate.get_tokenizer()
     n = len(enc.encode(content[:-1]))
     assert n > 128 and len(enc.encode(content)) != n
@@ -275,8 +276,7 @@ def test_missing_tokenizer(out_dir, capsys, monkeypatch):
 
 
 def test_train_then_generate(tmp_path):
-    import tiktoken
-    enc = tiktoken.get_encoding("r50k_base")
+    enc = generate.get_tokenizer()
     data = tmp_path / "data"
     data.mkdir()
     story = "One day, a little girl named Lily found a needle in her room. She was happy.<|endoftext|>"
