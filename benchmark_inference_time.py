@@ -276,7 +276,9 @@ def architecture(args, parser):
     arch = {k: v for k, v in arch.items() if k in GPTConfig.__dataclass_fields__}
     fields = set(GPTConfig.__dataclass_fields__) - {"model_type", "block_size", "dropout"}
     if args.config:
+        # as train.py reads it: GPTConfig defaults, then the file (which may exec a sibling via __file__)
         namespace = {f: getattr(GPTConfig, f) for f in GPTConfig.__dataclass_fields__}
+        namespace.update(__file__=args.config, __name__="__config__")
         try:
             with open(args.config) as f:
                 exec(compile(f.read(), args.config, "exec"), namespace)  # nanoGPT config files are Python

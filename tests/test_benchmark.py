@@ -68,9 +68,12 @@ def test_all_models_outputs_and_state_bytes(tmp_path):
 
 
 def test_config_file_microrwkv_without_gqa_is_constant(tmp_path):
+    # a train.py config: non-model keys are ignored, it may exec a sibling through __file__ (as
+    # config/train_gpt_tinystories_cpu.py does), and --n_embd / --n_layer on the command line win over it
+    (tmp_path / "base.py").write_text("batch_size = 8\nuse_gqa = False\nwindow_size = 16\nn_embd = 128\n")
     config = tmp_path / "cfg.py"
-    # a train.py config: non-model keys are ignored; --n_embd on the command line wins over the file
-    config.write_text("batch_size = 8\nuse_gqa = False\nwindow_size = 16\nn_embd = 128\nn_layer = 1\n")
+    config.write_text("import os\nexec(open(os.path.join(os.path.dirname(__file__), 'base.py')).read())\n"
+                      "n_layer = 1\n")
     _, summary, rows = run(tmp_path, "--models", "microrwkv", "--config", str(config))
     assert summary["arch"]["use_gqa"] is False and summary["arch"]["window_size"] == 16
     assert summary["arch"]["n_layer"] == N_LAYER and summary["arch"]["n_embd"] == N_EMBD  # flags win
