@@ -226,6 +226,27 @@ def apply_rotary(x, positions, base=10000.0):
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
+def append_to_cache(cache, new):
+    """cache (B, H, n, D) with new (B, H, T, D) appended along dim 2, in amortised O(T) time.
+
+    The returned cache is a view of the first n + T slots of a buffer with spare room, which later calls
+    write into in place, doubling it when it is full: appending by torch.cat would copy the whole cache
+    for every token. (Continuing twice from the same state, as beam search would, needs a clone first.)
+    """
+    B, H, n, D = cache.shape
+    m = n + new.shape[2]
+    capacity = cache.stride(1) // D
+    has_room = (cache.stride() == (H * capacity * D, capacity * D, D, 1) and cache.storage_offset() == 0
+                and capacity >= m and cache.untyped_storage().nbytes() >= B * H * capacity * D * cache.element_size())
+    if has_room:
+        buffer = cache.as_strided((B, H, capacity, D), cache.stride())
+    else:
+        buffer = cache.new_empty(B, H, max(2 * n, m, 16), D)
+        buffer[:, :, :n] = cache
+    buffer[:, :, n:m] = new
+    return buffer[:, :, :m]
+
+
 class CausalSelfAttention(nn.Module):
     """Causal attention with n_head query heads sharing n_kv_head key/value heads.
 
@@ -233,7 +254,7 @@ class CausalSelfAttention(nn.Module):
     recurrent:  the same, with k_s, v_s of past tokens read from a cache instead of recomputed.
     - SWA (window_size=W): the cache keeps exactly the last W-1 keys/values: constant memory.
     - GQA (n_kv_head < n_head, no window): the cache keeps every past key/value: it grows with the context,
-      n_head / n_kv_head times slower than a multi-head cache.
+      n_head / n_kv_head times slower than a multi-head cache (appended in place, see append_to_cache).
     - GPT (rotary=False, n_kv_head=n_head, no window): nanoGPT's attention with a KV cache.
     State: (k_cache, v_cache, pos) where pos counts the tokens seen so far.
     """
@@ -261,13 +282,16 @@ class CausalSelfAttention(nn.Module):
         if self.rotary:
             positions = torch.arange(pos, pos + T, device=x.device)
             q, k = apply_rotary(q, positions), apply_rotary(k, positions)
-        if state is not None:
-            k = torch.cat([state[0], k], dim=2)
-            v = torch.cat([state[1], v], dim=2)
+        if state is not None and self.window_size is not None:
+            k, v = torch.cat([state[0], k], dim=2), torch.cat([state[1], v], dim=2)  # at most W-1+T keys
+        elif state is not None:
+            k, v = append_to_cache(state[0], k), append_to_cache(state[1], v)
         # key j sits at absolute position pos + T - S + j (S keys); SWA slots before position 0 are empty
         S = k.shape[2]
         if state is None and self.window_size is None:
             mask, is_causal = None, True  # plain causal training: let SDPA pick its fastest kernel
+        elif T == 1 and self.window_size is None:
+            mask, is_causal = None, False  # one new token sees the whole cache
         else:
             q_pos = torch.arange(pos, pos + T, device=x.device).view(T, 1)
             k_pos = torch.arange(pos + T - S, pos + T, device=x.device).view(1, S)
