@@ -123,12 +123,8 @@ def get_tokenizer():
             f"to a folder with its files (e.g. ../shared/tiktoken_cache)")
 
 
-def sampling_head(model, n_vocab):
-    """Two changes to the LM head for sampling that model.py has no option for:
-    - only the last position's logits are sampled: skip the (T, vocab) logits of the rest of the prompt
-      (forward_with_state computes them all: 200 MB per 1,000 prompt tokens, and a quarter of the work)
-    - vocab_size is padded (50304 > 50257) for speed: never sample a padding id, it decodes to nothing."""
-    model.lm_head.register_forward_pre_hook(lambda module, args: (args[0][:, -1:],))
+def mask_padding_ids(model, n_vocab):
+    """vocab_size is padded (50304 > 50257) for speed: never sample a padding id, it decodes to nothing."""
     if model.config.vocab_size > n_vocab:
         padding = torch.arange(n_vocab, model.config.vocab_size, device=model.lm_head.weight.device)
         model.lm_head.register_forward_hook(lambda module, args, logits: logits.index_fill(-1, padding, -math.inf))
@@ -181,7 +177,7 @@ def main(argv=None):
     enc = get_tokenizer()
     eot = enc.eot_token
     model = load_model(args.out_dir, args.model_name, device)
-    sampling_head(model, enc.n_vocab)
+    mask_padding_ids(model, enc.n_vocab)
     cfg = model.config
     # the prompt may contain <|endoftext|>, the story separator of the training data
     prompt_ids = enc.encode(prompt, allowed_special={"<|endoftext|>"}) or [eot]

@@ -391,7 +391,7 @@ class LanguageModel(nn.Module):
     @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
         """Like generate(), but yields each new token (B, 1) as soon as it is sampled."""
-        logits, state = self.forward_with_state(self.crop_prompt(idx))
+        logits, state, _ = self._forward(self.crop_prompt(idx), None, all_logits=False)  # last position only
         for i in range(max_new_tokens):
             idx_next = sample(logits[:, -1, :], temperature, top_k, top_p, generator)
             yield idx_next
@@ -403,7 +403,8 @@ class LanguageModel(nn.Module):
         return idx
 
     def next_state(self, idx, idx_next, state):
-        return self.forward_with_state(idx_next, state)
+        """Logits of the last position and the state after idx_next (idx: the whole context so far)."""
+        return self._forward(idx_next, state, all_logits=False)[:2]
 
     def get_num_params(self, non_embedding=True):
         """Parameter count; GPT's position embedding is left out by default, as nanoGPT does."""
@@ -592,8 +593,8 @@ class GPT(LanguageModel):
 
     def next_state(self, idx, idx_next, state):
         if state[0][2] < self.config.block_size:
-            return self.forward_with_state(idx_next, state)
-        return self.forward_with_state(idx[:, -(self.config.block_size // 2):])  # cache full: re-prefill
+            return super().next_state(idx, idx_next, state)
+        return self._forward(idx[:, -(self.config.block_size // 2):], None, all_logits=False)[:2]  # cache full: re-prefill
 
 
 def build_model(config):

@@ -105,7 +105,7 @@ def test_recurrent_greedy_equals_recomputation(out_dir, name):
     """Greedy through prefill + one forward_with_state per token == greedy by full re-computation, for 120
     tokens: MicroRWKV to 7x its block_size (16) and 15x its SWA window (8), GPT within its block_size (128)."""
     model = generate.load_model(str(out_dir), name, "cpu")
-    generate.sampling_head(model, EOT + 1)
+    generate.mask_padding_ids(model, EOT + 1)
     prompt, n_new = [464, 1110, 11, 257, 1310], 120  # "The day, a little"
     expected = greedy_by_recomputation(model, prompt, n_new)
     assert len(set(expected)) > 20, "the reference sequence must not be trivial"
@@ -119,7 +119,7 @@ def test_cli_greedy_text_is_the_reference_text(out_dir, capsys):
     """The CLI's recurrent and --recompute runs print exactly the text of the reference tokens."""
     enc = generate.get_tokenizer()
     model = generate.load_model(str(out_dir), "ckpt", "cpu")
-    generate.sampling_head(model, enc.n_vocab)
+    generate.mask_padding_ids(model, enc.n_vocab)
     expected = "One day" + enc.decode(greedy_by_recomputation(model, enc.encode("One day"), 60))
     for mode in ([], ["--recompute"]):
         text, speed, _ = run(capsys, out_dir, "--prompt=One day", "--max_num_tokens=60", "--temperature=0", *mode)
@@ -127,14 +127,13 @@ def test_cli_greedy_text_is_the_reference_text(out_dir, capsys):
         assert speed[0].group(1, 2, 3) == ("2", "60", "recompute" if mode else "recurrent")
 
 
-def test_sampling_head():
-    """Logits of the last position only, and none for the padding ids past the tokenizer's 50257."""
+def test_mask_padding_ids():
+    """No logits for the padding ids past the tokenizer's 50257."""
     model = tiny_model()
     idx = torch.tensor([[1, 2, 3]])
-    expected = model.forward_with_state(idx)[0][:, -1:]
-    generate.sampling_head(model, EOT + 1)
+    expected = model.forward_with_state(idx)[0]
+    generate.mask_padding_ids(model, EOT + 1)
     logits, _ = model.forward_with_state(idx)
-    assert logits.shape == (1, 1, 50304)
     assert torch.allclose(logits[..., :EOT + 1], expected[..., :EOT + 1], atol=1e-4)
     assert torch.isinf(logits[..., EOT + 1:]).all()
 
