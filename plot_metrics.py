@@ -4,7 +4,7 @@ Plot the loss curves of one or more training runs from their out_dir/metrics.jso
 $ python plot_metrics.py out-tinystories-cpu out-gpt-tinystories-cpu --labels MicroRWKV GPT \
       --out assets/loss_curves.png
 
-Each run gets one colour: a thin line for the per-step training loss (smoothed with --smooth),
+Each run gets one colour: a thin line for the per-step training loss (an exponential moving average, --smooth per step),
 and markers joined by a thick line for the evaluated val loss (dashed: evaluated train loss).
 The x axis is the optimizer step (--x iter), the number of training tokens (--x tokens) or the
 wall-clock time in seconds (--x time).
@@ -37,12 +37,14 @@ def read_metrics(path):
     return steps, evals
 
 
-def smooth(values, alpha):
-    """Exponential moving average, bias-corrected (alpha = 0: no smoothing)."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values):
-        avg = alpha * avg + (1 - alpha) * v
-        out.append(avg / (1 - alpha ** (i + 1)) if alpha > 0 else v)
+def smooth(xs, values, alpha):
+    """Bias-corrected exponential moving average with factor `alpha` per step: rows logged every
+    k steps are averaged with alpha ** k, so the curve does not depend on log_interval."""
+    out, avg, weight, prev = [], 0.0, 0.0, None
+    for x, v in zip(xs, values):
+        a = alpha ** max(1, x - prev) if prev is not None else alpha
+        avg, weight, prev = a * avg + (1 - a) * v, a * weight + (1 - a), x
+        out.append(avg / weight if weight > 0 else v)
     return out
 
 
@@ -52,7 +54,7 @@ def main(argv=None):
     parser.add_argument("--labels", nargs="+", help="one label per run (default: the out_dir names)")
     parser.add_argument("--out", default="assets/loss_curves.png", help="image to write (default: %(default)s)")
     parser.add_argument("--x", choices=["iter", "tokens", "time"], default="iter", help="x axis (default: iter)")
-    parser.add_argument("--smooth", type=float, default=0.9, help="EMA factor for the train loss (default: 0.9)")
+    parser.add_argument("--smooth", type=float, default=0.9, help="EMA factor per step for the train loss (default: 0.9)")
     parser.add_argument("--title", default="TinyStories", help="plot title")
     args = parser.parse_args(argv)
     if args.labels and len(args.labels) != len(args.runs):
@@ -76,8 +78,9 @@ def main(argv=None):
         color = f"C{i}"
         if steps:
             xs = [r.get(xkey, r["iter"]) for r in steps]
-            ax.plot(xs, smooth([r["train_loss"] for r in steps], args.smooth), color=color, alpha=0.5,
-                    linewidth=1, label=f"{label} train (per step, EMA {args.smooth:g})")
+            ys = smooth([r["iter"] for r in steps], [r["train_loss"] for r in steps], args.smooth)
+            ax.plot(xs, ys, color=color, alpha=0.5,
+                    linewidth=1, label=f"{label} train (EMA {args.smooth:g} per step)")
         if evals and args.x != "time":
             xs = [r.get(xkey, r["iter"]) for r in evals]
             ax.plot(xs, [r["eval_val"] for r in evals], "o-", color=color, linewidth=2, label=f"{label} val")
