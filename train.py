@@ -9,6 +9,9 @@ Resume from the latest checkpoint, or from a numbered one:
 $ python train.py config/train_tinystories_cpu.py --init_from=resume
 $ python train.py config/train_tinystories_cpu.py --init_from=resume --resume_ckpt=ckpt-500
 
+Evaluate (eval_only=True) or fine-tune a pretrained GPT-2 / RWKV-4 (see pretrained.py):
+$ python train.py config/eval_gpt2.py
+
 DDP on 4 GPUs of one node:
 $ torchrun --standalone --nproc_per_node=4 train.py config/train_tinystories.py
 
@@ -44,7 +47,7 @@ eval_iters = 50
 eval_only = False  # if True, evaluate once and exit
 always_save_checkpoint = True  # if False, ckpt.pt is only written when val loss improves
 ckpt_interval = 500  # also write ckpt-<iter>.pt every this many steps (0: only at the end)
-init_from = 'scratch'  # 'scratch' or 'resume'
+init_from = 'scratch'  # 'scratch', 'resume', or a GPT-2 / RWKV-4 hub id or save_pretrained() directory
 resume_ckpt = 'ckpt'  # with init_from='resume': which checkpoint in out_dir ('ckpt', 'ckpt-500', ...)
 # wandb logging
 wandb_log = False
@@ -98,7 +101,10 @@ try:
 except ConfigError as e:
     die(e)
 if init_from not in ('scratch', 'resume'):
-    die(f"init_from must be 'scratch' or 'resume', got {init_from!r}")
+    from pretrained import is_pretrained_name
+    if not is_pretrained_name(init_from):
+        die(f"init_from must be 'scratch', 'resume', a GPT-2 / RWKV-4 hub id or a save_pretrained() directory, "
+            f"got {init_from!r}")
 if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
 if model_type not in ('microrwkv', 'gpt'):
@@ -166,7 +172,7 @@ model_args = {k: globals()[k] for k in model_keys}
 if init_from == 'scratch':
     if master_process:
         print(f"Initializing a new {model_type} model from scratch")
-else:
+elif init_from == 'resume':
     _name = resume_ckpt[:-3] if resume_ckpt.endswith('.pt') else resume_ckpt
     ckpt_path = os.path.join(out_dir, _name + '.pt')
     if master_process:
@@ -213,7 +219,30 @@ def get_batch(split, generator):
     return x, y
 
 
-model = build_model(GPTConfig(**model_args))
+if init_from in ('scratch', 'resume'):
+    model = build_model(GPTConfig(**model_args))
+else:
+    # pretrained weights (pretrained.py; needs transformers): the architecture comes from the checkpoint
+    from pretrained import PretrainedError, check_tokenizer, load_pretrained
+    if master_process:
+        print(f"Initializing from pretrained weights: {init_from}")
+    try:
+        model, model_args = load_pretrained(init_from, device='cpu', dropout=dropout)
+        check_tokenizer(model, meta)
+    except PretrainedError as e:
+        die(e)
+    if model_args.get('model_type') not in ('microrwkv', 'gpt') and not eval_only:
+        die(f"{init_from} is a {model_args.get('model_type')} model, which train.py only evaluates: set eval_only=True")
+    if block_size > model_args['block_size']:
+        die(f"block_size={block_size} exceeds the pretrained model's context of {model_args['block_size']}")
+    # the batches keep the configured block_size; everything else describes the pretrained model
+    model_args['block_size'] = block_size if model_args.get('model_type') == 'gpt' else model_args['block_size']
+    globals().update({k: v for k, v in model_args.items() if k in model_keys and k != 'block_size'})
+    config.update({k: v for k, v in model_args.items() if k in config and k != 'block_size'})
+    if model_args.get('model_type') == 'gpt' and block_size < model.config.block_size:
+        # crop the position embedding to the configured context, as nanoGPT does
+        model.wpe.weight = torch.nn.Parameter(model.wpe.weight[:block_size].clone())
+        model.wpe.num_embeddings = model.config.block_size = block_size
 if checkpoint is not None:
     state_dict = checkpoint['model']
     # accept checkpoints written by other tools from a compiled model

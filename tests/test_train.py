@@ -241,3 +241,25 @@ def test_ddp_on_cpu(data_dir, tmp_path):
     ckpt = load(out / "ckpt-4.pt")
     assert ckpt["iter_num"] == 4 and ckpt["rng_state"].shape[0] == 2  # each rank's sampler state
     assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_init_from_pretrained_gpt2_dir(data_dir, tmp_path):
+    """init_from=<save_pretrained() directory>: a (tiny, random) GPT-2 is evaluated, fine-tuned with its
+    position embedding cropped to block_size, and checkpointed so that model.py alone can rebuild it."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50257, n_positions=64)
+    hf_dir = tmp_path / "gpt2-tiny"
+    transformers.GPT2LMHeadModel(hf_config).save_pretrained(hf_dir)
+    out = tmp_path / "out"
+    proc = train(out, data_dir, f"--init_from={hf_dir}", "--model_type=gpt", "--max_iters=2", "--lr_decay_iters=2",
+                 "--eval_interval=2", "--ckpt_interval=2")
+    assert f"Initializing from pretrained weights: {hf_dir}" in proc.stdout
+    evals = metrics(out)[2]
+    assert abs(evals[0] - math.log(50257)) < 0.5  # the random GPT-2 starts near uniform
+    ckpt = load(out / "ckpt-2.pt")
+    args = ckpt["model_args"]
+    assert (args["model_type"], args["n_layer"], args["n_embd"], args["vocab_size"], args["bias"]) == ("gpt", 1, 32, 50257, True)
+    assert args["block_size"] == 32 and ckpt["model"]["wpe.weight"].shape == (32, 32)  # cropped from 64
+    from model import GPTConfig, build_model
+    build_model(GPTConfig(**args)).load_state_dict(ckpt["model"])
