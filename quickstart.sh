@@ -11,6 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 -m pip install -q -r requirements.txt
+if [ -z "${TIKTOKEN_CACHE_DIR:-}" ] && [ -d ../shared/tiktoken_cache ]; then  # offline GPT-2 BPE files, if present
+  export TIKTOKEN_CACHE_DIR="$(cd ../shared/tiktoken_cache && pwd)"
+fi
 
 data=quickstart  # data/quickstart/, whatever the source
 if [ $# -gt 0 ]; then
