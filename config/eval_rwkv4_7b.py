@@ -3,11 +3,10 @@
 #       token ids, not GPT-2's; its per-token loss is over slightly different tokens than GPT-2's)
 # run:  python train.py config/eval_rwkv4_7b.py
 # float32 weights: ~28 GB of memory (CPU RAM while loading, then GPU).
-init_from = 'RWKV/rwkv-4-7b-pile'  # a Hugging Face id, or a local directory written by save_pretrained()
-# model_type is not set: the architecture (pretrained.RWKV4) and its size come from the checkpoint
-eval_only = True
-eval_iters = 500  # 500 batches of 8 x 1024 tokens per split, for a good estimate
-batch_size = 8
-block_size = 1024
-dataset = 'openwebtext_neox'
-wandb_log = False
+
+import os
+
+# everything as in eval_rwkv4_169m.py, then:
+exec(open(os.path.join(os.path.dirname(__file__), 'eval_rwkv4_169m.py')).read())
+
+init_from = 'RWKV/rwkv-4-7b-pile'
