@@ -392,19 +392,20 @@ class LanguageModel(nn.Module):
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
         """Like generate(), but yields each new token (B, 1) as soon as it is sampled."""
         logits, state, _ = self._forward(self.crop_prompt(idx), None, all_logits=False)  # last position only
+        history = [idx]  # the context in pieces: appending is O(1) per token, unlike torch.cat
         for i in range(max_new_tokens):
             idx_next = sample(logits[:, -1, :], temperature, top_k, top_p, generator)
             yield idx_next
             if i + 1 < max_new_tokens:
-                idx = torch.cat((idx, idx_next), dim=1)
-                logits, state = self.next_state(idx, idx_next, state)
+                history.append(idx_next)
+                logits, state = self.next_state(history, state)
 
     def crop_prompt(self, idx):
         return idx
 
-    def next_state(self, idx, idx_next, state):
-        """Logits of the last position and the state after idx_next (idx: the whole context so far)."""
-        return self._forward(idx_next, state, all_logits=False)[:2]
+    def next_state(self, history, state):
+        """Logits of the last position and the state after history[-1] (history: the context in pieces)."""
+        return self._forward(history[-1], state, all_logits=False)[:2]
 
     def get_num_params(self, non_embedding=True):
         """Parameter count; GPT's position embedding is left out by default, as nanoGPT does."""
@@ -591,10 +592,12 @@ class GPT(LanguageModel):
     def crop_prompt(self, idx):
         return idx[:, -self.config.block_size:]
 
-    def next_state(self, idx, idx_next, state):
+    def next_state(self, history, state):
         if state[0][2] < self.config.block_size:
-            return super().next_state(idx, idx_next, state)
-        return self._forward(idx[:, -(self.config.block_size // 2):], None, all_logits=False)[:2]  # cache full: re-prefill
+            return super().next_state(history, state)
+        context = torch.cat(history, dim=1)[:, -(self.config.block_size // 2):]
+        history[:] = [context]  # once per block_size // 2 tokens
+        return self._forward(context, None, all_logits=False)[:2]  # cache full: re-prefill
 
 
 def build_model(config):
