@@ -519,4 +519,7 @@ while True:
 if metrics_file is not None:
     metrics_file.close()
 if ddp:
+    # rank 0 may still be writing checkpoints: a rank that tears gloo down while its peers are connected
+    # aborts the whole job ("terminate called without an active exception"), so wait for everyone first
+    dist.barrier()
     dist.destroy_process_group()
