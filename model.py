@@ -21,6 +21,7 @@ and the attention blocks use rotary embeddings, so generation can run past block
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -49,6 +50,77 @@ class GPTConfig:
     attn_every: int = 1  # SWA/GQA sub-layers only in every attn_every-th layer (the last of each group)
     head_size: int = 64  # RWKV TimeMix head size (the state per head is head_size x head_size)
     chunk_len: int = 64  # TimeMix chunk length in the parallel form
+    cmix_mult: float = 3.5  # ChannelMix hidden size, in multiples of n_embd
+    init_scheme: str = "gpt2"  # "gpt2": normal(0.02), scaled residual projections | "rwkv": RWKV's per-parameter init
+    ln_emb: bool = True  # MicroRWKV: LayerNorm on the token embedding (RWKV's ln0)
+    learned_pos: bool = False  # MicroRWKV: add a learned position embedding (wpe), as nanoGPT does
+
+    def __post_init__(self):
+        """Refuse an impossible architecture here, with the fields to change, not deep inside a block."""
+        problems = []
+
+        def need(ok, msg):
+            if not ok:
+                problems.append(msg)
+
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "attn_every", "chunk_len"):
+            need(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
+        need(self.model_type in ("microrwkv", "gpt"), f"model_type={self.model_type!r} must be 'microrwkv' or 'gpt'")
+        need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(self.n_head >= 1 and self.n_embd % self.n_head == 0,
+             f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head} (e.g. n_head=1)")
+        attention = self.model_type == "gpt" or self.use_swa or self.use_gqa
+        if self.model_type == "microrwkv":
+            need(self.head_size >= 1 and self.n_embd % self.head_size == 0,
+                 f"n_embd={self.n_embd} must be a multiple of head_size={self.head_size} (e.g. head_size="
+                 f"{math.gcd(self.n_embd, 64)})")
+            need(self.cmix_mult > 0, f"cmix_mult={self.cmix_mult} must be > 0")
+            need(self.init_scheme in ("gpt2", "rwkv"), f"init_scheme={self.init_scheme!r} must be 'gpt2' or 'rwkv'")
+            if attention and self.n_head >= 1 and self.n_embd % self.n_head == 0:
+                need(self.n_embd // self.n_head % 2 == 0,
+                     f"n_embd // n_head = {self.n_embd // max(self.n_head, 1)} must be even (rotary positions)")
+            if self.use_swa:
+                need(self.window_size >= 1, f"window_size={self.window_size} must be >= 1")
+            if self.use_gqa:
+                need(self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0,
+                     f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head} (e.g. n_kv_head=1)")
+            if self.use_moe:
+                need(self.num_experts >= 1 and self.expert_dim >= 1,
+                     f"num_experts={self.num_experts} and expert_dim={self.expert_dim} must be >= 1")
+                need(1 <= self.num_active_experts <= self.num_experts,
+                     f"num_active_experts={self.num_active_experts} must be in 1..num_experts={self.num_experts}")
+                need(self.aux_loss_weight >= 0, f"aux_loss_weight={self.aux_loss_weight} must be >= 0")
+        if problems:
+            raise ValueError("bad model config: " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Recurrent state, by name. A model's state is a list with one entry per layer (None = empty context).
+
+
+class TimeMixState(NamedTuple):
+    x_prev: torch.Tensor  # (B, C): the last input token, for the token shift
+    S: torch.Tensor  # (B, H, N, N) float32: the matrix-valued state of every head
+
+
+class KVCache(NamedTuple):
+    k: torch.Tensor  # (B, n_kv_head, n, head_dim) past keys (SWA: exactly window_size - 1, zero-padded)
+    v: torch.Tensor  # (B, n_kv_head, n, head_dim) past values
+    pos: int  # tokens seen so far: the absolute position of the next token
+
+
+class LayerState(NamedTuple):
+    """The state of one MicroRWKV layer; None for a sub-layer the layer does not have."""
+    tmix: TimeMixState | None = None
+    cmix: torch.Tensor | None = None  # ChannelMix's x_prev (B, C)
+    swa: KVCache | None = None
+    gqa: KVCache | None = None
+    pos: int = 0  # tokens seen so far
+
+
+def last_token(x):
+    """x[:, -1] as a tensor of its own: a view would keep the whole (B, T, C) input alive in the state."""
+    return x[:, -1].clone()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -71,7 +143,8 @@ class TimeMix(nn.Module):
     The parallel form is computed chunk by chunk: inside a chunk of L tokens it is a masked (L x L)
     attention, and only the N x N state crosses chunk boundaries. The output is GroupNorm'ed per head and
     gated by SiLU(g). r, k, v, g come from token-shifted inputs lerp(x_t, x_{t-1}, time_maa_*).
-    State: (x_prev (B, C), S (B, H, N, N) in float32).
+    State: TimeMixState(x_prev (B, C), S (B, H, N, N) in float32). forward() runs the recurrent step() itself
+    for a single token after a state.
     """
 
     def __init__(self, config, layer_id):
@@ -116,12 +189,16 @@ class TimeMix(nn.Module):
     def _output(self, y, g):
         B, H, T, N = y.shape
         y = y.transpose(1, 2).reshape(B * T, H * N)
-        y = self.ln_x(y.to(g.dtype)).view(B, T, H * N) * g
+        with torch.autocast(y.device.type, enabled=False):  # normalise the float32 y, then round
+            y = self.ln_x(y)
+        y = y.view(B, T, H * N).to(g.dtype) * g
         return self.dropout(self.output(y))
 
     def forward(self, x, state=None):
         """Parallel (chunked) form over x (B, T, C), starting from `state` (None = empty context)."""
         B, T, C = x.shape
+        if T == 1 and state is not None:
+            return self.step(x, state)
         H, N = self.n_head, self.head_size
         x_prev, S = (None, None) if state is None else state
         r, k, v, g = self._projections(x, x_prev)
@@ -143,7 +220,7 @@ class TimeMix(nn.Module):
                 y, S = self._chunked(rc, kc, vc, S, log_w, u)
                 ys.append(y.reshape(B, H, n_chunks * length, N))
         y = torch.cat(ys, dim=2) if len(ys) > 1 else ys[0]
-        return self._output(y, g), (x[:, -1], S)
+        return self._output(y, g), TimeMixState(last_token(x), S)
 
     @staticmethod
     def _chunked(r, k, v, S, log_w, u):
@@ -182,7 +259,25 @@ class TimeMix(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             y = (r.unsqueeze(-2) @ (S + self.time_faaaa.float().unsqueeze(-1) * kv)).view(B, H, 1, N)
         S = w * S + kv
-        return self._output(y, g), (x[:, -1], S)
+        return self._output(y, g), TimeMixState(last_token(x), S)
+
+    def flops(self, T):
+        """Forward FLOPs per token of the chunked form: the five projections; per head, inside a chunk of
+        L tokens r k^T and (.) v (2 L N multiply-adds), across chunks k^T v into the state and r S (2 N^2)."""
+        L, N = min(self.chunk_len, T), self.head_size
+        return linear_flops(self.receptance, self.key, self.value, self.gate, self.output) + \
+            self.n_head * (4 * L * N + 4 * N * N)
+
+    def residual_projections(self):
+        return [self.output]
+
+    @torch.no_grad()
+    def rwkv_init(self):
+        """RWKV-LM's per-parameter init instead of GPT-2's normal(0.02): orthogonal projections, small keys
+        and gates, a zero output projection (each layer starts as the identity)."""
+        for linear, gain in ((self.receptance, 1.0), (self.key, 0.1), (self.value, 1.0), (self.gate, 0.1),
+                             (self.output, 0.0)):
+            nn.init.orthogonal_(linear.weight, gain=gain) if gain > 0 else nn.init.zeros_(linear.weight)
 
 
 class ChannelMix(nn.Module):
@@ -199,7 +294,7 @@ class ChannelMix(nn.Module):
         ratio_1_to_almost0 = 1.0 - layer_id / config.n_layer
         self.time_maa_k = nn.Parameter(1.0 - ddd.pow(ratio_1_to_almost0))
         self.time_maa_r = nn.Parameter(1.0 - ddd.pow(ratio_1_to_almost0))
-        hidden = int(3.5 * C) // 32 * 32  # RWKV-5's 3.5x (not 4x): with TimeMix's gate, a layer stays near GPT's size
+        hidden = int(config.cmix_mult * C) // 32 * 32  # RWKV-5's 3.5x (not 4x): with TimeMix's gate, a layer stays near GPT's size
         self.key = nn.Linear(C, hidden, bias=config.bias)
         self.value = nn.Linear(hidden, C, bias=config.bias)
         self.receptance = nn.Linear(C, C, bias=config.bias)
@@ -209,7 +304,20 @@ class ChannelMix(nn.Module):
         shifted = token_shift(x, state)
         k = torch.relu(self.key(torch.lerp(x, shifted, self.time_maa_k))).square()
         r = torch.sigmoid(self.receptance(torch.lerp(x, shifted, self.time_maa_r)))
-        return self.dropout(r * self.value(k)), x[:, -1]
+        return self.dropout(r * self.value(k)), last_token(x)
+
+    def flops(self, T):
+        return linear_flops(self.key, self.value, self.receptance)
+
+    def residual_projections(self):
+        return [self.value]
+
+    @torch.no_grad()
+    def rwkv_init(self):
+        """RWKV-LM's per-parameter init: orthogonal key, zero receptance and value."""
+        nn.init.orthogonal_(self.key.weight, gain=1.0)
+        nn.init.zeros_(self.receptance.weight)
+        nn.init.zeros_(self.value.weight)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -256,7 +364,7 @@ class CausalSelfAttention(nn.Module):
     - GQA (n_kv_head < n_head, no window): the cache keeps every past key/value: it grows with the context,
       n_head / n_kv_head times slower than a multi-head cache (appended in place, see append_to_cache).
     - GPT (rotary=False, n_kv_head=n_head, no window): nanoGPT's attention with a KV cache.
-    State: (k_cache, v_cache, pos) where pos counts the tokens seen so far.
+    State: KVCache(k, v, pos) where pos counts the tokens seen so far.
     """
 
     def __init__(self, config, n_kv_head, window_size=None, rotary=True):
@@ -278,14 +386,14 @@ class CausalSelfAttention(nn.Module):
         q = self.query(x).view(B, T, H, D).transpose(1, 2)
         k = self.key(x).view(B, T, KV, D).transpose(1, 2)
         v = self.value(x).view(B, T, KV, D).transpose(1, 2)
-        pos = 0 if state is None else state[2]
+        pos = 0 if state is None else state.pos
         if self.rotary:
             positions = torch.arange(pos, pos + T, device=x.device)
             q, k = apply_rotary(q, positions), apply_rotary(k, positions)
         if state is not None and self.window_size is not None:
-            k, v = torch.cat([state[0], k], dim=2), torch.cat([state[1], v], dim=2)  # at most W-1+T keys
+            k, v = torch.cat([state.k, k], dim=2), torch.cat([state.v, v], dim=2)  # at most W-1+T keys
         elif state is not None:
-            k, v = append_to_cache(state[0], k), append_to_cache(state[1], v)
+            k, v = append_to_cache(state.k, k), append_to_cache(state.v, v)
         # key j sits at absolute position pos + T - S + j (S keys); SWA slots before position 0 are empty
         S = k.shape[2]
         if state is None and self.window_size is None:
@@ -307,19 +415,46 @@ class CausalSelfAttention(nn.Module):
         if self.window_size is not None:  # keep exactly the last W-1 keys/values, zero-padded in front
             keep = self.window_size - 1
             pad = max(keep - S, 0)
-            k, v = (F.pad(t, (0, 0, pad, 0))[:, :, -keep:] if keep > 0 else t[:, :, :0] for t in (k, v))
-        return y, (k, v, pos + T)
+            # a copy, not a view: the cache must not keep all T of a long prompt's keys alive
+            k, v = (F.pad(t, (0, 0, pad, 0))[:, :, S + pad - keep:].clone() for t in (k, v))
+        return y, KVCache(k, v, pos + T)
+
+    def flops(self, T):
+        """Projections plus q k^T and (.) v over the context: the window for SWA, all T tokens otherwise."""
+        context = T if self.window_size is None else min(self.window_size, T)
+        return linear_flops(self.query, self.key, self.value, self.output) + \
+            4 * self.n_head * self.head_dim * context
+
+    def residual_projections(self):
+        return [self.output]
 
 
 # ----------------------------------------------------------------------------------------------------
 # Mixture of experts
 
 
+class MLP(nn.Module):
+    """Position-wise feed-forward c_proj(act(c_fc(x))): GPT's MLP and each TinyMoE expert."""
+
+    def __init__(self, n_in, n_hidden, config, activation):
+        super().__init__()
+        self.c_fc = nn.Linear(n_in, n_hidden, bias=config.bias)
+        self.act = activation
+        self.c_proj = nn.Linear(n_hidden, n_in, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
 class TinyMoE(nn.Module):
     """Top-k routed mixture of expert MLPs with a Switch/GShard load-balancing loss.
 
-        p = softmax(W_router x)            chosen = top-k of p,  gates = p[chosen] / sum(p[chosen])
+        p = softmax(W_router x)      chosen = top-k of p,  gates = p[chosen] / sum(p[chosen])  (k > 1)
+                                                           gates = p[chosen]                   (k = 1)
         y = sum_{e in chosen} gates_e * W2_e gelu(W1_e x)
+    With k = 1 the renormalised gate would be p / p = 1, leaving the router without a gradient from the
+    language-model loss, so top-1 uses the raw probability (as the Switch Transformer does).
         aux = E * sum_e f_e * P_e          f_e = share of routing slots that went to e, P_e = mean_t p_e
     aux is 1 for perfectly balanced routing and grows to E when every token picks the same experts. Each
     expert only computes the tokens routed to it. Position-wise, so its recurrent form is itself: no state.
@@ -328,18 +463,9 @@ class TinyMoE(nn.Module):
     def __init__(self, config):
         super().__init__()
         C, E = config.n_embd, config.num_experts
-        assert 1 <= config.num_active_experts <= E
         self.num_experts, self.num_active = E, config.num_active_experts
         self.router = nn.Linear(C, E, bias=False)
-        self.experts = nn.ModuleList(
-            nn.Sequential(
-                nn.Linear(C, config.expert_dim, bias=config.bias),
-                nn.GELU(),
-                nn.Linear(config.expert_dim, C, bias=config.bias),
-                nn.Dropout(config.dropout),
-            )
-            for _ in range(E)
-        )
+        self.experts = nn.ModuleList(MLP(C, config.expert_dim, config, nn.GELU()) for _ in range(E))
 
     def forward(self, x):
         B, T, C = x.shape
@@ -347,7 +473,8 @@ class TinyMoE(nn.Module):
         x = x.reshape(B * T, C)
         probs = F.softmax(self.router(x).float(), dim=-1)  # (BT, E)
         gates, chosen = probs.topk(K, dim=-1)  # (BT, K)
-        gates = gates / gates.sum(-1, keepdim=True)
+        if K > 1:
+            gates = gates / gates.sum(-1, keepdim=True)
         y = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             token, slot = torch.where(chosen == e)
@@ -356,6 +483,14 @@ class TinyMoE(nn.Module):
         share = F.one_hot(chosen, E).sum(dim=(0, 1)).float() / (B * T * K)  # f_e (no gradient: a count)
         aux_loss = E * (share * probs.mean(0)).sum()
         return y.view(B, T, C), aux_loss
+
+    def flops(self, T):
+        """The router, and only the num_active_experts experts each token is routed to."""
+        expert = self.experts[0]
+        return linear_flops(self.router) + self.num_active * linear_flops(expert.c_fc, expert.c_proj)
+
+    def residual_projections(self):
+        return [expert.c_proj for expert in self.experts]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -414,20 +549,26 @@ class LanguageModel(nn.Module):
             n_params -= self.wpe.weight.numel()
         return n_params
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; weight decay only on matrices, not on norms, biases or the RWKV time_* parameters."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, decay_time=False):
+        """AdamW; weight decay only on matrices, not on norms, biases or (unless decay_time) the RWKV time_*
+        parameters, whose values are decay rates and mixing ratios rather than weights."""
+        def decayed(name, p):
+            return p.dim() >= 2 and (decay_time or ".time_" not in name)
+
         params = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        decay = [p for n, p in params.items() if p.dim() >= 2 and ".time_" not in n]
-        no_decay = [p for n, p in params.items() if not (p.dim() >= 2 and ".time_" not in n)]
+        decay = [p for n, p in params.items() if decayed(n, p)]
+        no_decay = [p for n, p in params.items() if not decayed(n, p)]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt):
-        """Model flops utilisation against an A100's bf16 peak (312 TFLOPS), as nanoGPT reports it."""
-        cfg = self.config
-        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
-        return flops_per_token * T * fwdbwd_per_iter / dt / 312e12
+    def flops_per_token(self, seq_len):
+        """Training FLOPs (forward + backward = 3 x forward) per token at context length seq_len.
+
+        Counts matrix multiplies only (2 FLOPs per multiply-add): every Linear a token passes through (only
+        the experts it is routed to), the LM head, and each block's token-mixing work (see its flops()).
+        Attention scores are counted over the whole context (or window), as nanoGPT/PaLM count them, not
+        halved for the causal mask. Norms, activations and the embedding lookup are left out."""
+        return 3 * (sum(block.flops(seq_len) for block in self.blocks) + linear_flops(self.lm_head))
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -437,10 +578,16 @@ class LanguageModel(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def _init_residual_projections(self, projections):
-        # GPT-2's scaled init: the last projection of each residual branch shrinks with their number
+    def _init_residual_projections(self, projections, n_residual):
+        # GPT-2's scaled init: the last projection of each residual branch shrinks with the number of
+        # residual branches (sub-layers), so the residual stream's variance does not grow with depth
         for linear in projections:
-            nn.init.normal_(linear.weight, mean=0.0, std=0.02 / math.sqrt(len(projections)))
+            nn.init.normal_(linear.weight, mean=0.0, std=0.02 / math.sqrt(n_residual))
+
+
+def linear_flops(*linears):
+    """Forward FLOPs per token of nn.Linear layers: 2 per weight (a multiply and an add)."""
+    return sum(2 * linear.in_features * linear.out_features for linear in linears)
 
 
 def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
@@ -478,44 +625,63 @@ class Block(nn.Module):
         if config.use_moe:
             self.ln_moe, self.moe = nn.LayerNorm(C, bias=bias), TinyMoE(config)
 
+    def residual_branches(self):
+        return [m for m in (self.tmix, self.cmix, self.swa, self.gqa, self.moe) if m is not None]
+
     def forward(self, x, state=None):
-        """state: dict with one entry per stateful sub-layer (None = empty context)."""
-        state = state or {}
-        new_state, aux_loss = {}, x.new_zeros((), dtype=torch.float32)
-        tmix = self.tmix.step if x.shape[1] == 1 and state.get("tmix") is not None else self.tmix
-        for name, sub in (("tmix", tmix), ("cmix", self.cmix), ("swa", self.swa), ("gqa", self.gqa)):
-            if sub is not None:
-                y, new_state[name] = sub(getattr(self, "ln_" + name)(x), state.get(name))
-                x = x + y
+        """state: a LayerState (None = empty context). Returns (x, new LayerState, MoE aux loss)."""
+        state = state or LayerState()
+        y, tmix = self.tmix(self.ln_tmix(x), state.tmix)
+        x = x + y
+        y, cmix = self.cmix(self.ln_cmix(x), state.cmix)
+        x = x + y
+        swa = gqa = None
+        if self.swa is not None:
+            y, swa = self.swa(self.ln_swa(x), state.swa)
+            x = x + y
+        if self.gqa is not None:
+            y, gqa = self.gqa(self.ln_gqa(x), state.gqa)
+            x = x + y
+        aux_loss = x.new_zeros((), dtype=torch.float32)
         if self.moe is not None:
             y, aux_loss = self.moe(self.ln_moe(x))
             x = x + y
-        return x, new_state, aux_loss
+        return x, LayerState(tmix, cmix, swa, gqa, state.pos + x.shape[1]), aux_loss
+
+    def flops(self, T):
+        return sum(branch.flops(T) for branch in self.residual_branches())
 
 
 class MicroRWKV(LanguageModel):
-    """Token embedding -> n_layer Blocks -> LayerNorm -> tied LM head. State: a list of per-layer dicts."""
+    """Token embedding -> n_layer Blocks -> LayerNorm -> tied LM head. State: a list of LayerStates."""
 
     def __init__(self, config):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.ln_in = nn.LayerNorm(config.n_embd, bias=config.bias)  # RWKV's ln0: normalise the embedding
+        if config.learned_pos:
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        # RWKV's ln0 normalises the embedding
+        self.ln_in = nn.LayerNorm(config.n_embd, bias=config.bias) if config.ln_emb else nn.Identity()
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying, as in GPT
         self.apply(self._init_weights)
-        self._init_residual_projections([
-            linear for b in self.blocks for linear in (
-                b.tmix.output, b.cmix.value, b.swa and b.swa.output, b.gqa and b.gqa.output,
-                *(expert[2] for expert in (b.moe.experts if b.moe else [])),
-            ) if linear is not None
-        ])
+        branches = [branch for b in self.blocks for branch in b.residual_branches()]
+        projections = [p for branch in branches for p in branch.residual_projections()]
+        self._init_residual_projections(projections, n_residual=len(branches))
+        if config.init_scheme == "rwkv":
+            for block in self.blocks:
+                block.tmix.rwkv_init()
+                block.cmix.rwkv_init()
 
     def _forward(self, idx, state, all_logits):
-        x = self.drop(self.ln_in(self.wte(idx)))
+        x = self.wte(idx)
+        if self.config.learned_pos:
+            x = x + self.wpe(positions(state, idx.shape[1], self.config.block_size, idx.device))
+        x = self.drop(self.ln_in(x))
         state = state or [None] * len(self.blocks)
         new_state, aux_losses = [], []
         for block, layer_state in zip(self.blocks, state):
@@ -524,8 +690,15 @@ class MicroRWKV(LanguageModel):
             aux_losses.append(aux)
         x = self.ln_f(x)
         logits = self.lm_head(x if all_logits else x[:, [-1]])
-        aux_loss = torch.stack(aux_losses).mean() if self.config.use_moe else x.new_zeros((), dtype=torch.float32)
-        return logits, new_state, aux_loss
+        return logits, new_state, torch.stack(aux_losses).mean()
+
+
+def positions(state, T, block_size, device):
+    """Absolute positions of the next T tokens after `state`, for a learned position embedding."""
+    pos = 0 if state is None else state[0].pos  # a KVCache or a LayerState: both count the tokens seen
+    if pos + T > block_size:
+        raise ValueError(f"a context of {pos + T} tokens exceeds the learned positions of block_size={block_size}")
+    return torch.arange(pos, pos + T, device=device)
 
 
 class GPTBlock(nn.Module):
@@ -535,22 +708,23 @@ class GPTBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(C, bias=config.bias)
         self.attn = CausalSelfAttention(config, n_kv_head=config.n_head, rotary=False)
         self.ln_2 = nn.LayerNorm(C, bias=config.bias)
-        self.mlp = nn.Sequential(
-            nn.Linear(C, 4 * C, bias=config.bias), nn.GELU(approximate="tanh"),  # GPT-2's GELU: its weights load exactly
-            nn.Linear(4 * C, C, bias=config.bias), nn.Dropout(config.dropout),
-        )
+        self.mlp = MLP(C, 4 * C, config, nn.GELU(approximate="tanh"))  # GPT-2's GELU: its weights load exactly
 
     def forward(self, x, state=None):
         y, state = self.attn(self.ln_1(x), state)
         x = x + y
         return x + self.mlp(self.ln_2(x)), state
 
+    def flops(self, T):
+        return self.attn.flops(T) + linear_flops(self.mlp.c_fc, self.mlp.c_proj)
+
 
 class GPT(LanguageModel):
     """nanoGPT's transformer: learned positions, causal multi-head attention, GELU MLP, tied embeddings.
 
-    Its recurrent form is a KV cache that grows with the context; learned positions stop it at block_size,
-    so generate() re-prefills the last block_size // 2 tokens when the cache is full.
+    Its recurrent form is a KV cache (a KVCache per layer) that grows with the context; learned positions
+    stop it at block_size, so generation keeps a window of the context: when the cache is full it is
+    re-prefilled with the last block_size // 2 tokens (see context_window).
     """
 
     def __init__(self, config):
@@ -564,22 +738,59 @@ class GPT(LanguageModel):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
-        self._init_residual_projections([linear for b in self.blocks for linear in (b.attn.output, b.mlp[2])])
+        self._init_residual_projections([p for b in self.blocks for p in (b.attn.output, b.mlp.c_proj)],
+                                        n_residual=2 * config.n_layer)
 
     @classmethod
     def from_pretrained(cls, name_or_path, dropout=0.0):
         """OpenAI GPT-2 weights: a hub id ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or a local directory
-        saved by transformers. Needs transformers, so the loading lives in pretrained.py."""
-        from pretrained import load_gpt2
-        return load_gpt2(name_or_path, dropout=dropout)
+        saved by transformers (imported only here). pretrained.py wraps this with one-line errors."""
+        from transformers import GPT2LMHeadModel
+        return cls.from_gpt2(GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32), dropout)
+
+    @classmethod
+    def from_gpt2(cls, hf, dropout=0.0):
+        """This GPT with the weights of a transformers GPT2LMHeadModel; ValueError if it is not plain GPT-2."""
+        c = hf.config
+        # what GPT hard-codes; GPT-2 checkpoints all have it, variants saved by transformers might not
+        differences = {
+            "activation_function": (c.activation_function, "gelu_new"),
+            "n_inner": (c.n_inner, None if c.n_inner is None else 4 * c.n_embd),
+            "layer_norm_epsilon": (c.layer_norm_epsilon, 1e-5),
+            "scale_attn_weights": (c.scale_attn_weights, True),
+            "scale_attn_by_inverse_layer_idx": (c.scale_attn_by_inverse_layer_idx, False),
+            "tie_word_embeddings": (c.tie_word_embeddings, True),
+        }
+        for key, (have, want) in differences.items():
+            if have != want:
+                raise ValueError(f"{key}={have!r} is not GPT-2's {want!r}, which model.py's GPT implements")
+        config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
+                           n_embd=c.n_embd, dropout=dropout, bias=True, model_type="gpt")
+        hf_sd = hf.state_dict()
+        sd = {"wte.weight": hf_sd["transformer.wte.weight"], "wpe.weight": hf_sd["transformer.wpe.weight"],
+              "ln_f.weight": hf_sd["transformer.ln_f.weight"], "ln_f.bias": hf_sd["transformer.ln_f.bias"]}
+        sd["lm_head.weight"] = sd["wte.weight"]
+        for i in range(c.n_layer):
+            h, b = f"transformer.h.{i}.", f"blocks.{i}."
+            for ln in ("ln_1", "ln_2"):
+                sd[b + ln + ".weight"], sd[b + ln + ".bias"] = hf_sd[h + ln + ".weight"], hf_sd[h + ln + ".bias"]
+            # GPT-2's Conv1D stores weights as (in, out), nn.Linear as (out, in); c_attn is query|key|value fused
+            q, k, v = hf_sd[h + "attn.c_attn.weight"].t().split(c.n_embd, dim=0)
+            qb, kb, vb = hf_sd[h + "attn.c_attn.bias"].split(c.n_embd)
+            for name, w, bias in (("query", q, qb), ("key", k, kb), ("value", v, vb),
+                                  ("output", hf_sd[h + "attn.c_proj.weight"].t(), hf_sd[h + "attn.c_proj.bias"])):
+                sd[b + f"attn.{name}.weight"], sd[b + f"attn.{name}.bias"] = w, bias
+            for name in ("mlp.c_fc", "mlp.c_proj"):  # the same names as GPT-2's
+                sd[b + name + ".weight"] = hf_sd[h + name + ".weight"].t()
+                sd[b + name + ".bias"] = hf_sd[h + name + ".bias"]
+        with torch.device("meta"):  # no random init of weights that are about to be replaced
+            model = cls(config)
+        model.load_state_dict({k: v.contiguous() for k, v in sd.items()}, assign=True)
+        model.lm_head.weight = model.wte.weight  # assign=True replaced both: tie them again
+        return model
 
     def _forward(self, idx, state, all_logits):
-        B, T = idx.shape
-        pos = 0 if state is None else state[0][2]
-        if pos + T > self.config.block_size:
-            raise ValueError(f"GPT context of {pos + T} tokens exceeds block_size={self.config.block_size}")
-        positions = torch.arange(pos, pos + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(positions))
+        x = self.drop(self.wte(idx) + self.wpe(positions(state, idx.shape[1], self.config.block_size, idx.device)))
         state = state or [None] * len(self.blocks)
         new_state = []
         for block, layer_state in zip(self.blocks, state):
@@ -592,10 +803,16 @@ class GPT(LanguageModel):
     def crop_prompt(self, idx):
         return idx[:, -self.config.block_size:]
 
+    def context_window(self, context):
+        """The part of a context (B, T) that generation conditions on: all of it while it fits block_size,
+        then the last block_size // 2 tokens (the cache is re-prefilled with them once per block_size // 2
+        tokens). Recurrent decoding and generate.py --recompute both follow this rule, so greedy text agrees."""
+        return context if context.shape[1] <= self.config.block_size else context[:, -(self.config.block_size // 2):]
+
     def next_state(self, history, state):
-        if state[0][2] < self.config.block_size:
+        if state[0].pos < self.config.block_size:
             return super().next_state(history, state)
-        context = torch.cat(history, dim=1)[:, -(self.config.block_size // 2):]
+        context = self.context_window(torch.cat([history[0][:, -self.config.block_size:], *history[1:]], dim=1))
         history[:] = [context]  # once per block_size // 2 tokens
         return self._forward(context, None, all_logits=False)[:2]  # cache full: re-prefill
 
@@ -609,6 +826,6 @@ def build_model(config):
 
 
 if __name__ == "__main__":
-    # The original README's configuration: build it and print its size.
+    # The README table's configuration (config/train_tinystories.py): build it and print its size.
     model = MicroRWKV(GPTConfig())
     print(f"MicroRWKV (README table config): {model.get_num_params() / 1e6:.2f}M parameters")

@@ -6,7 +6,7 @@ Pretrained GPT-2 and RWKV-4 checkpoints from the Hugging Face hub (or a local co
     python prepare_openwebtext.py --tokenizer neox         # data/openwebtext_neox, GPT-NeoX-20B BPE
     python train.py config/eval_rwkv4_169m.py              # RWKV-4 169M, trained on the Pile
 
-- GPT-2 loads into model.py's GPT (GPT.from_pretrained): the same architecture, with biases, GPT-2's vocabulary
+- GPT-2 loads into model.py's GPT (GPT.from_gpt2, as GPT.from_pretrained does): the same architecture, with biases, GPT-2's vocabulary
   of 50257 and its Conv1D weights transposed into nn.Linear ones.
 - RWKV-4 loads into RWKV4 below, a port of transformers' RwkvForCausalLM that keeps its parameter names (so its
   state dict loads as is) but computes the WKV recurrence chunk by chunk in parallel instead of one token at a
@@ -53,7 +53,7 @@ def load_pretrained(init_from, device="cpu", dropout=0.0):
     """
     model_type = _from_pretrained(_transformers().AutoConfig, init_from).model_type
     if model_type == "gpt2":
-        model = GPT.from_pretrained(init_from, dropout=dropout)
+        model = load_gpt2(init_from, dropout=dropout)
         model_args = dataclasses.asdict(model.config)
     elif model_type == "rwkv":
         model = load_rwkv4(init_from)
@@ -105,45 +105,12 @@ def _from_pretrained(cls, init_from, **kwargs):
 
 
 def load_gpt2(name_or_path, dropout=0.0):
-    """GPT.from_pretrained: OpenAI GPT-2 weights in model.py's GPT (see GPT.from_pretrained)."""
+    """OpenAI GPT-2 weights in model.py's GPT (GPT.from_gpt2), with one-line errors for the command line."""
     hf = _from_pretrained(_transformers().GPT2LMHeadModel, name_or_path, dtype=torch.float32)
-    c = hf.config
-    # what GPT hard-codes; GPT-2 checkpoints all have it, variants saved by transformers might not
-    differences = {
-        "activation_function": (c.activation_function, "gelu_new"),
-        "n_inner": (c.n_inner, None if c.n_inner is None else 4 * c.n_embd),
-        "layer_norm_epsilon": (c.layer_norm_epsilon, 1e-5),
-        "scale_attn_weights": (c.scale_attn_weights, True),
-        "scale_attn_by_inverse_layer_idx": (c.scale_attn_by_inverse_layer_idx, False),
-        "tie_word_embeddings": (c.tie_word_embeddings, True),
-    }
-    for key, (have, want) in differences.items():
-        if have != want:
-            raise PretrainedError(f"{name_or_path}: {key}={have!r} is not GPT-2's {want!r}, which model.py's GPT implements")
-    config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
-                       n_embd=c.n_embd, dropout=dropout, bias=True, model_type="gpt")
-    hf_sd = hf.state_dict()
-    C = c.n_embd
-    sd = {"wte.weight": hf_sd["transformer.wte.weight"], "wpe.weight": hf_sd["transformer.wpe.weight"],
-          "ln_f.weight": hf_sd["transformer.ln_f.weight"], "ln_f.bias": hf_sd["transformer.ln_f.bias"]}
-    sd["lm_head.weight"] = sd["wte.weight"]
-    for i in range(c.n_layer):
-        h, b = f"transformer.h.{i}.", f"blocks.{i}."
-        for ln in ("ln_1", "ln_2"):
-            sd[b + ln + ".weight"], sd[b + ln + ".bias"] = hf_sd[h + ln + ".weight"], hf_sd[h + ln + ".bias"]
-        # GPT-2's Conv1D stores weights as (in, out), nn.Linear as (out, in); c_attn is query|key|value fused
-        q, k, v = hf_sd[h + "attn.c_attn.weight"].t().split(C, dim=0)
-        qb, kb, vb = hf_sd[h + "attn.c_attn.bias"].split(C)
-        for name, w, bias in (("query", q, qb), ("key", k, kb), ("value", v, vb),
-                              ("output", hf_sd[h + "attn.c_proj.weight"].t(), hf_sd[h + "attn.c_proj.bias"])):
-            sd[b + f"attn.{name}.weight"], sd[b + f"attn.{name}.bias"] = w, bias
-        for ours, theirs in (("mlp.0", "mlp.c_fc"), ("mlp.2", "mlp.c_proj")):
-            sd[b + ours + ".weight"], sd[b + ours + ".bias"] = hf_sd[h + theirs + ".weight"].t(), hf_sd[h + theirs + ".bias"]
-    with torch.device("meta"):  # no random init of weights that are about to be replaced
-        model = GPT(config)
-    model.load_state_dict({k: v.contiguous() for k, v in sd.items()}, assign=True)
-    model.lm_head.weight = model.wte.weight  # assign=True replaced both: tie them again
-    return model
+    try:
+        return GPT.from_gpt2(hf, dropout=dropout)
+    except ValueError as e:
+        raise PretrainedError(f"{name_or_path}: {e}") from None
 
 
 def load_rwkv4(name_or_path):
