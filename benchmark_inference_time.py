@@ -13,15 +13,19 @@ whole context for every token. This script measures our own models side by side:
 
 Each model gets the same width and depth and random weights (timing does not depend on them), a random
 prompt of --prompt_len tokens is prefilled, then --max_new_tokens tokens are decoded greedily one at a time.
-Per token it records the latency (ms, CUDA-synchronised on GPU), the cumulative time, the exact bytes held
-by the state / KV cache, and the process RSS (CPU) or CUDA max allocated memory (GPU).
+Per token it records the latency (ms, CUDA-synchronised on GPU), the cumulative time, the bytes of the
+state / KV cache (logical and allocated, see the notes), and the process RSS (CPU) or CUDA max allocated
+memory (GPU).
 
-Outputs: <out_dir>/<model>.jsonl (one row per token), <out_dir>/summary.txt and summary.json (the table
-printed at the end), and a three-panel figure (--plot): per-token latency, cumulative time, memory.
+Outputs, all under --out_dir (default out/benchmark) unless --plot names another path: <model>.jsonl (one
+row per token), summary.txt and summary.json (the table printed at the end), and a three-panel figure
+(--plot, default <out_dir>/benchmark.png): per-token latency, cumulative time, memory. Each file is written
+to a temp file and renamed; nothing under assets/ is touched unless a path there is given explicitly
+(e.g. --out_dir assets/benchmark --plot assets/benchmark.png).
 
     python benchmark_inference_time.py --quick                   # small sizes, ~2 minutes on 2 CPU cores
     python benchmark_inference_time.py --max_new_tokens=4096 --time_budget=300     # 6 x 512, float32, CPU
-    python benchmark_inference_time.py --device=cuda --max_new_tokens=16384        # the original's scale
+    python benchmark_inference_time.py --device=cuda --max_new_tokens=16384        # 16K tokens on a GPU
     python benchmark_inference_time.py --config=config/train_tinystories.py        # sizes of a config file
     python benchmark_inference_time.py --ckpt=out/ckpt.pt                         # sizes of a checkpoint
     python benchmark_inference_time.py --hf_model=path/to/dir_with_config.json     # + a Hugging Face model
@@ -32,8 +36,13 @@ Notes:
   in the summary ("stopped": "time_budget") and its JSONL simply ends there.
 - GPT's learned position embedding limits it to block_size tokens, so GPT is built with a block_size
   that fits every position of the run (>= prompt_len + max_new_tokens), whatever the config says.
-- Memory: "state_bytes" is exact (numel * element_size of every tensor in the state / cache). RSS is the
-  whole process's: memory freed by an earlier model is reused by the next, so its growth is only a hint.
+- Memory: "state_bytes" ("state MiB (logical)") is numel * element_size of every tensor in the state /
+  cache: what the architecture must keep. "state_alloc_bytes" ("state MiB (allocated)") is what those
+  tensors actually pin: the nbytes of the distinct storages behind them (deduplicated by data pointer).
+  It is larger when a state tensor is a view into a bigger buffer: the in-place KV cache
+  (model.append_to_cache) keeps up to twice its logical size, the SWA cache is a slice of a padded buffer,
+  and a state that is a view of the prefill's activations keeps the whole prompt's. RSS is the whole
+  process's: memory freed by an earlier model is reused by the next, so its growth is only a hint.
 - --config / --ckpt give the architecture (every GPTConfig field but model_type, block_size and dropout);
   explicit --n_layer / --n_embd / --n_head / --vocab_size win over them. Checkpoint weights are not loaded.
 - --hf_model builds AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(NAME)) with random
@@ -44,11 +53,13 @@ Notes:
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import shlex
 import sys
+import tempfile
 import time
 
 import torch
@@ -71,21 +82,63 @@ WARMUP_STEPS = 5  # decode steps run (untimed) on a throwaway state first: alloc
 # Memory
 
 
-def state_bytes(obj, seen=None):
-    """Bytes of all tensors in a nested state (lists, tuples, dicts, Hugging Face cache objects); ints are 0."""
+def state_tensors(obj, seen=None):
+    """Every tensor in a nested state (lists, tuples, dicts, Hugging Face cache objects), each object once."""
     seen = set() if seen is None else seen
     if id(obj) in seen:
-        return 0
+        return
     seen.add(id(obj))
     if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, (list, tuple)):
-        return sum(state_bytes(o, seen) for o in obj)
-    if isinstance(obj, dict):
-        return sum(state_bytes(o, seen) for o in obj.values())
-    if type(obj).__module__.startswith("transformers.") and hasattr(obj, "__dict__"):
-        return state_bytes(vars(obj), seen)  # e.g. DynamicCache.layers[i].keys / .values
-    return 0
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from state_tensors(o, seen)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from state_tensors(o, seen)
+    elif type(obj).__module__.startswith("transformers.") and hasattr(obj, "__dict__"):
+        yield from state_tensors(vars(obj), seen)  # e.g. DynamicCache.layers[i].keys / .values
+
+
+def state_bytes(obj):
+    """Logical bytes of a state: numel * element_size of all its tensors (ints etc. count 0)."""
+    return sum(t.numel() * t.element_size() for t in state_tensors(obj))
+
+
+def state_alloc_bytes(obj):
+    """Allocated bytes of a state: nbytes of the distinct storages behind its tensors (deduplicated by data
+    pointer), i.e. the memory the state keeps alive, spare room and the rest of any buffer it views included."""
+    storages = {}
+    for t in state_tensors(obj):
+        storage = t.untyped_storage()
+        storages[(storage.device, storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values())
+
+
+def state_memory(obj):
+    """(logical bytes, allocated bytes) of a state."""
+    return state_bytes(obj), state_alloc_bytes(obj)
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """A temp path beside `path`, renamed to it when the block completes (removed if it fails)."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def rss_bytes():
@@ -184,8 +237,9 @@ def run(name, step, prompt, max_new_tokens, time_budget, device):
         sync(device)
         dt = time.perf_counter() - t0
         cum_s += dt
+        logical, allocated = state_memory(state)
         row = {"model": name, "i": i, "pos": idx.shape[1], "latency_ms": dt * 1e3, "cum_s": cum_s,
-               "state_bytes": state_bytes(state), "rss_bytes": rss_bytes()}
+               "state_bytes": logical, "state_alloc_bytes": allocated, "rss_bytes": rss_bytes()}
         if device.type == "cuda":
             row["cuda_max_allocated"] = torch.cuda.max_memory_allocated(device)
         rows.append(row)
@@ -210,7 +264,9 @@ def summarize(name, rows, params, prefill_ms, stopped):
         "model": name, "params": params, "tokens": len(rows), "first_pos": rows[0]["pos"],
         "last_pos": rows[-1]["pos"], "prefill_ms": prefill_ms, "first10_ms": first, "last10_ms": last,
         "ratio": last / first, "state_first_MiB": rows[0]["state_bytes"] / 2**20,
-        "state_last_MiB": rows[-1]["state_bytes"] / 2**20, "mem": mem_key,
+        "state_last_MiB": rows[-1]["state_bytes"] / 2**20,
+        "state_alloc_first_MiB": rows[0]["state_alloc_bytes"] / 2**20,
+        "state_alloc_last_MiB": rows[-1]["state_alloc_bytes"] / 2**20, "mem": mem_key,
         "mem_growth_MiB": (rows[-1][mem_key] - rows[0][mem_key]) / 2**20,
         "tokens_per_s": len(rows) / rows[-1]["cum_s"], "stopped": stopped or "-",
     }
@@ -218,13 +274,15 @@ def summarize(name, rows, params, prefill_ms, stopped):
 
 def format_table(summaries):
     header = (f"{'model':>12} {'params':>8} {'tokens':>6} {'first10%ms':>10} {'last10%ms':>10} {'ratio':>6} "
-              f"{'state MiB first->last':>22} {'mem+MiB':>8} {'tok/s':>8} {'stopped':>11}")
+              f"{'state MiB (logical) first->last':>31} {'state MiB (allocated) first->last':>33} {'mem+MiB':>8} "
+              f"{'tok/s':>8} {'stopped':>11}")
     lines = [header]
     for s in summaries:
         lines.append(
             f"{s['model']:>12} {s['params'] / 1e6:>7.1f}M {s['tokens']:>6} {s['first10_ms']:>10.2f} "
             f"{s['last10_ms']:>10.2f} {s['ratio']:>6.2f} "
-            f"{s['state_first_MiB']:>10.3f} -> {s['state_last_MiB']:>8.3f} {s['mem_growth_MiB']:>8.1f} "
+            f"{s['state_first_MiB']:>19.3f} -> {s['state_last_MiB']:>8.3f} "
+            f"{s['state_alloc_first_MiB']:>21.3f} -> {s['state_alloc_last_MiB']:>8.3f} {s['mem_growth_MiB']:>8.1f} "
             f"{s['tokens_per_s']:>8.1f} {s['stopped']:>11}")
     return "\n".join(lines)
 
@@ -246,24 +304,27 @@ def plot(all_rows, path, title, on_cuda):
         ax_lat.plot(pos, lat, color=color, alpha=0.25, linewidth=0.5)
         ax_lat.plot(pos, smooth, color=color, linewidth=2, label=name)
         ax_cum.plot(pos, [r["cum_s"] for r in rows], color=color, linewidth=2, label=name)
-        ax_mem.plot(pos, [r["state_bytes"] / 2**20 for r in rows], color=color, linewidth=2, label=name)
+        ax_mem.plot(pos, [r["state_bytes"] / 2**20 for r in rows], color=color, linewidth=2,
+                    label=f"{name} state (logical)")
+        ax_mem.plot(pos, [r["state_alloc_bytes"] / 2**20 for r in rows], color=color, linewidth=1.2,
+                    linestyle=":", label=f"{name} state (allocated)")
         mem_key = "cuda_max_allocated" if on_cuda else "rss_bytes"
         ax_mem.plot(pos, [(r[mem_key] - rows[0][mem_key]) / 2**20 for r in rows], color=color,
                     linewidth=0.8, linestyle="--", alpha=0.6)
     ax_lat.set(title="latency of one token", xlabel="token position", ylabel="ms")
     ax_cum.set(title="cumulative decode time", xlabel="token position", ylabel="s")
     process = "CUDA max allocated" if on_cuda else "process RSS"
-    ax_mem.set(title="memory", xlabel="token position",
-               ylabel=f"MiB: state / KV cache (solid), {process} growth (dashed)")
+    ax_mem.set(xlabel="token position", ylabel="MiB")
+    ax_mem.set_title(f"memory: state logical (solid) and allocated (dotted),\n{process} growth (dashed)", fontsize=10)
     ax_lat.set_ylim(bottom=0)
     for ax in (ax_lat, ax_cum, ax_mem):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    ext = os.path.splitext(path)[1] or ".png"
+    with atomic_path(path, suffix=ext) as tmp:
+        fig.savefig(tmp, dpi=110, format=ext[1:])
     plt.close(fig)
 
 
@@ -319,7 +380,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: see the notes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out_dir", default="out/benchmark", help="JSONL per model, summary.txt, summary.json")
-    parser.add_argument("--plot", default="assets/benchmark.png", help="the figure to write")
+    parser.add_argument("--plot", help="the figure to write (default: <out_dir>/benchmark.png)")
     args = parser.parse_args(argv)
 
     names = [n for n in args.models.split(",") if n]
@@ -343,6 +404,7 @@ def main(argv=None):
                            generator=torch.Generator().manual_seed(args.seed)).to(device)
 
     os.makedirs(args.out_dir, exist_ok=True)
+    plot_path = args.plot or os.path.join(args.out_dir, "benchmark.png")
     print(f"n_layer={arch['n_layer']} n_embd={arch['n_embd']} n_head={arch['n_head']} vocab={arch['vocab_size']} "
           f"{args.dtype} {device} threads={args.threads} prompt={args.prompt_len} max_new_tokens={max_new_tokens} "
           f"time_budget={time_budget:g}s")
@@ -355,8 +417,7 @@ def main(argv=None):
             model, step, params = ours(name, arch, n_positions, device, dtype, args.seed)
             model_prompt = prompt
         rows, prefill_ms, stopped = run(name, step, model_prompt, max_new_tokens, time_budget, device)
-        with open(os.path.join(args.out_dir, f"{name}.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        write_text(os.path.join(args.out_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
         all_rows[name] = rows
         summaries.append(summarize(name, rows, params, prefill_ms, stopped))
         del model, step
@@ -366,17 +427,18 @@ def main(argv=None):
     command = shlex.join(["python", "benchmark_inference_time.py", *(sys.argv[1:] if argv is None else argv)])
     text = (f"{command}\n{arch['n_layer']} layers x {arch['n_embd']} (n_head {arch['n_head']}), {args.dtype}, "
             f"{device}, threads={args.threads}; latencies are medians over the first / last 10% of positions; "
-            f"mem+ = growth of {'CUDA max allocated' if device.type == 'cuda' else 'process RSS'}\n{table}\n")
+            f"state logical = numel * element_size of the state's tensors, allocated = nbytes of the distinct "
+            f"storages behind them; mem+ = growth of {'CUDA max allocated' if device.type == 'cuda' else 'process RSS'}"
+            f"\n{table}\n")
     print("\n" + text, end="")
-    with open(os.path.join(args.out_dir, "summary.txt"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
-        json.dump({"command": command, "device": str(device), "dtype": args.dtype, "threads": args.threads,
-                   "prompt_len": args.prompt_len, "max_new_tokens": max_new_tokens, "time_budget": time_budget,
-                   "hf_model": args.hf_model, "arch": arch, "models": summaries}, f, indent=1)
-    plot(all_rows, args.plot, f"MicroRWKV vs GPT decoding: {arch['n_layer']} x {arch['n_embd']}, {args.dtype}, "
+    write_text(os.path.join(args.out_dir, "summary.txt"), text)
+    write_text(os.path.join(args.out_dir, "summary.json"), json.dumps(
+        {"command": command, "device": str(device), "dtype": args.dtype, "threads": args.threads,
+         "prompt_len": args.prompt_len, "max_new_tokens": max_new_tokens, "time_budget": time_budget,
+         "hf_model": args.hf_model, "arch": arch, "models": summaries}, indent=1))
+    plot(all_rows, plot_path, f"MicroRWKV vs GPT decoding: {arch['n_layer']} x {arch['n_embd']}, {args.dtype}, "
          f"{device}, prompt {args.prompt_len}", device.type == "cuda")
-    print(f"wrote {args.out_dir}/{{{','.join(all_rows)}}}.jsonl, summary.txt, summary.json and {args.plot}")
+    print(f"wrote {args.out_dir}/{{{','.join(all_rows)}}}.jsonl, summary.txt, summary.json and {plot_path}")
 
 
 if __name__ == "__main__":

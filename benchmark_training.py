@@ -1,81 +1,387 @@
 """
-Training throughput: tokens/s of a full training step (forward + backward + AdamW) for a pure RWKV model
-(TimeMix + ChannelMix), the full MicroRWKV layer and the GPT baseline, at the same n_layer / n_embd /
-vocab, measured in one run so the ratios compare like with like.
+Training throughput: tokens/s of a full training step (forward + backward + AdamW) for RWKV-only models,
+full MicroRWKV layers and the GPT baseline, at the same n_layer / n_embd / vocab, measured in one run so
+the ratios compare like with like.
 
-    python benchmark_training.py                        # float32, CPU, T = 256 and 1024
+    python benchmark_training.py                        # float32, CPU, T = 256 and 1024 -> out/benchmark_training.{txt,json}
     python benchmark_training.py --n_layer=4 --n_embd=256 --seq_lens 128 --tokens_per_step=1024 --steps=3
+    python benchmark_training.py --models rwkv,rwkv7,microrwkv-top2,gpt --out out/bench/train.txt
+
+Models (--models, comma-separated):
+    rwkv            TimeMix + ChannelMix only (use_swa = use_gqa = use_moe = False), TimeMix x051a
+    microrwkv       the full MicroRWKV layer (TimeMix, ChannelMix, SWA, GQA, MoE with all 4 experts active)
+    microrwkv-top2  the full layer with top-2 of 4 experts and window_size 256 (the CPU training config's MoE)
+    rwkv7           like rwkv, with rwkv_version='x070' (RWKV-7 TimeMix)        } need GPTConfig.rwkv_version
+    microrwkv7      like microrwkv, with rwkv_version='x070'                     }
+    gpt             nanoGPT's transformer
+
+Per model and sequence length T (batch = --tokens_per_step // T): --warmup untimed steps, then --repeats
+timed runs of --steps steps each, in this one process. Reported: tokens/s as the median of the runs with
+their min and max, the ratio of medians to GPT's at the same T (same run, same machine load), and the
+achieved GFLOP/s = model.flops_per_token(T) * tokens/s / 1e9 (matmul FLOPs of forward + backward, as
+model.py counts them; '-' for a model without flops_per_token).
+
+Second table, the per-sub-layer breakdown: one more run of --steps steps with timing hooks on every
+sub-layer (forward pre/post hooks and full backward pre/post hooks), timed separately from the throughput
+runs because the hooks add overhead. Each sub-layer's pre-norm LayerNorm counts with it. Parts:
+embedding (token/position embedding, ln0, dropout; in backward the embedding gradient, timed from the last
+hook to the end of backward), TimeMix, ChannelMix, SWA, GQA, MoE (MicroRWKV), attention and MLP (GPT),
+head+loss (final LayerNorm, LM head, cross-entropy; in backward from backward's start to the first hook),
+optimizer (AdamW step + zero_grad), and other: the rest of the hooked step (residual adds, autograd and
+hook bookkeeping). Each part is in ms per step and % of the hooked step. The timing is wall-clock between
+hooks: exact on CPU (ops run synchronously), and on CUDA only because every hook synchronises the device
+(which itself slows the hooked step); treat it as approximate. Backward hooks time a module from the
+moment its output gradients are ready to the moment its input gradients are; autograd runs a residual
+network's sub-layers one after another, so the intervals do not overlap.
+
+The printed text (command, tables) is also written to --out (default out/benchmark_training.txt) and the
+numbers as JSON to --out_json (default: --out with .json), each through a temp file and a rename.
 """
 
 import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
 import time
 
 import torch
+from tqdm import tqdm
 
 from model import GPTConfig, build_model
 
+RWKV_ONLY = dict(model_type="microrwkv", use_swa=False, use_gqa=False, use_moe=False)
 MODELS = {  # name -> GPTConfig overrides
-    "rwkv": dict(model_type="microrwkv", use_swa=False, use_gqa=False, use_moe=False),
+    "rwkv": dict(RWKV_ONLY),
     "microrwkv": dict(model_type="microrwkv"),
+    "microrwkv-top2": dict(model_type="microrwkv", num_experts=4, num_active_experts=2, window_size=256),
+    "rwkv7": dict(RWKV_ONLY, rwkv_version="x070"),
+    "microrwkv7": dict(model_type="microrwkv", rwkv_version="x070"),
     "gpt": dict(model_type="gpt"),
 }
+PARTS = ["embedding", "TimeMix", "ChannelMix", "SWA", "GQA", "MoE", "attention", "MLP", "head+loss", "optimizer",
+         "other"]
 
 
-def tokens_per_second(model, batch_size, seq_len, steps, warmup, vocab_size, device):
-    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=gen).to(device)
-    for i in range(warmup + steps):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        _, loss = model(x[:, :-1], x[:, 1:])
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sub-layer timing hooks
+
+
+def sub_layer_parts(model):
+    """{module: part} for the modules whose time is attributed to a part; they do not nest."""
+    parts = {}
+    for name in ("wte", "wpe", "ln_in", "drop"):
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            parts[getattr(model, name)] = "embedding"
+    for name in ("ln_f", "lm_head"):
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            parts[getattr(model, name)] = "head+loss"
+    is_gpt = model.config.model_type == "gpt"
+
+    def part_of(name, module):
+        kind = type(module).__name__
+        if "TimeMix" in kind:
+            return "TimeMix"
+        if "ChannelMix" in kind:
+            return "ChannelMix"
+        if "MoE" in kind:
+            return "MoE"
+        if "Attention" in kind:
+            return "attention" if is_gpt else ("SWA" if getattr(module, "window_size", None) else "GQA")
+        if name == "mlp":
+            return "MLP"
+        return name  # not a known sub-layer: reported under its attribute name
+
+    for block in model.blocks:
+        children = dict(block.named_children())
+        for name, module in children.items():
+            if name.startswith("ln_"):
+                target = {"ln_1": "attn", "ln_2": "mlp"}.get(name, name[3:])  # a pre-norm counts with its sub-layer
+                if target in children:
+                    parts[module] = part_of(target, children[target])
+            else:
+                parts[module] = part_of(name, module)
+    return parts
+
+
+class SubLayerTimer:
+    """Forward and backward wall-clock seconds per part over the steps it has timed (see the module docstring)."""
+
+    def __init__(self, model, device):
+        self.device, self.handles = device, []
+        self.fwd, self.bwd = {}, {}
+        self.starts, self.first_event, self.last_event = {}, None, None
+        for module, part in sub_layer_parts(model).items():
+            self.handles += [module.register_forward_pre_hook(self._start),
+                             module.register_forward_hook(self._stop(part, "fwd"))]
+            if not isinstance(module, torch.nn.Embedding):  # its input (token ids) has no gradient: no backward
+                self.handles += [module.register_full_backward_pre_hook(self._start),  # hooks; see step()
+                                 module.register_full_backward_hook(self._stop(part, "bwd"))]
+
+    def now(self):
+        sync(self.device)  # on CUDA the kernels queued so far belong to what ran before this moment
+        return time.perf_counter()
+
+    def _event(self):
+        t = self.now()
+        self.first_event = t if self.first_event is None else self.first_event
+        self.last_event = t
+        return t
+
+    def _start(self, module, *_):
+        self.starts[module] = self._event()
+
+    def _stop(self, part, phase):
+        def hook(module, *_):
+            self.add(getattr(self, phase), part, self._event() - self.starts.pop(module))
+        return hook
+
+    @staticmethod
+    def add(table, part, seconds):
+        table[part] = table.get(part, 0.0) + seconds
+
+    def step(self, model, optimizer, x, y):
+        """One hooked training step; also times what lies outside the hooked modules but belongs to a part:
+        the loss after the LM head (and its backward, before the first backward hook), the embedding's
+        backward (after the last backward hook) and AdamW. Returns (step seconds, {part: (fwd s, bwd s)})."""
+        self.fwd, self.bwd = {}, {}
+        self.first_event = self.last_event = None
+        t0 = self.now()
+        _, loss = model(x, y)
+        t1 = self.now()
+        self.add(self.fwd, "head+loss", t1 - (self.last_event or t1))
+        self.first_event = self.last_event = None
         loss.backward()
+        t2 = self.now()
+        self.add(self.bwd, "head+loss", (self.first_event or t1) - t1)
+        self.add(self.bwd, "embedding", t2 - (self.last_event or t2))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch_size * seq_len * steps / (time.perf_counter() - t0)
+        t3 = self.now()
+        parts = {p: (self.fwd.get(p), self.bwd.get(p)) for p in dict.fromkeys([*self.fwd, *self.bwd])}
+        parts["optimizer"] = (None, None, t3 - t2)
+        return t3 - t0, parts
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
 
 
-def main():
+def training_step(model, optimizer, x, y):
+    _, loss = model(x, y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# One model at one sequence length
+
+
+def benchmark(model, batch_size, seq_len, args, device):
+    """Throughput runs, then the hooked steps: (tokens/s of each run, [(step seconds, parts)] of each hooked
+    step)."""
+    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, model.config.vocab_size, (batch_size, seq_len + 1), generator=gen).to(device)
+    x, y = data[:, :-1], data[:, 1:]
+    for _ in range(args.warmup):
+        training_step(model, optimizer, x, y)
+    runs = []
+    for _ in range(args.repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            training_step(model, optimizer, x, y)
+        sync(device)
+        runs.append(batch_size * seq_len * args.steps / (time.perf_counter() - t0))
+    timer = SubLayerTimer(model, device)
+    try:
+        hooked = [timer.step(model, optimizer, x, y) for _ in range(args.steps)]
+    finally:
+        timer.remove()
+    return runs, hooked
+
+
+# ----------------------------------------------------------------------------------------------------
+# Output
+
+
+def write_atomic(path, text):
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def throughput_table(results):
+    lines = [f"{'T':>6} {'model':>15} {'params':>8} {'batch':>5} {'tok/s median':>12} {'min':>9} {'max':>9} "
+             f"{'vs gpt':>7} {'GFLOP/s':>8} {'ms/step':>9}"]
+    for r in results:
+        tps = r["tokens_per_s"]
+        ratio = "-" if r["vs_gpt"] is None else f"{r['vs_gpt']:.2f}x"
+        gflops = "-" if r["gflops_per_s"] is None else f"{r['gflops_per_s']:.2f}"
+        lines.append(f"{r['seq_len']:>6} {r['model']:>15} {r['params'] / 1e6:>7.2f}M {r['batch_size']:>5} "
+                     f"{tps['median']:>12.0f} {tps['min']:>9.0f} {tps['max']:>9.0f} {ratio:>7} {gflops:>8} "
+                     f"{r['step_ms']:>9.1f}")
+    return "\n".join(lines)
+
+
+def breakdown_table(results):
+    lines = [f"{'T':>6} {'model':>15} {'part':>11} {'fwd ms':>9} {'bwd ms':>9} {'ms/step':>9} {'% step':>7}"]
+    for r in results:
+        b = r["breakdown"]
+        for part, p in b["parts"].items():
+            fwd, bwd = ("-" if v is None else f"{v:.2f}" for v in (p["fwd_ms"], p["bwd_ms"]))
+            lines.append(f"{r['seq_len']:>6} {r['model']:>15} {part:>11} {fwd:>9} {bwd:>9} "
+                         f"{p['ms']:>9.2f} {p['pct']:>6.1f}%")
+        lines.append(f"{r['seq_len']:>6} {r['model']:>15} {'step':>11} {'':>9} {'':>9} {b['step_ms']:>9.2f} "
+                     f"{100.0:>6.1f}%")
+    return "\n".join(lines)
+
+
+def breakdown(hooked):
+    """The hooked step of median time (the lower middle one for an even count): {part: fwd / bwd / total ms
+    and % of that step}, in PARTS order; other = the step's unattributed rest. Parts of one step, so they
+    add up to it exactly."""
+    ordered = sorted(hooked, key=lambda h: h[0])
+    step_s, parts = ordered[(len(ordered) - 1) // 2]
+    out = {}
+    ms = lambda s: None if s is None else s * 1e3
+    for name in sorted(parts, key=lambda p: PARTS.index(p) if p in PARTS else PARTS.index("other")):
+        fwd, bwd, *total = parts[name]
+        total = total[0] if total else (fwd or 0.0) + (bwd or 0.0)
+        out[name] = {"fwd_ms": ms(fwd), "bwd_ms": ms(bwd), "ms": ms(total), "pct": 100 * total / step_s}
+    other = step_s - sum(p["ms"] for p in out.values()) / 1e3
+    out["other"] = {"fwd_ms": None, "bwd_ms": None, "ms": other * 1e3, "pct": 100 * other / step_s}
+    return {"step_ms": step_s * 1e3, "hooked_steps": len(hooked), "hooked_step_ms_min": ordered[0][0] * 1e3,
+            "hooked_step_ms_max": ordered[-1][0] * 1e3, "parts": out}
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="rwkv,microrwkv,gpt", help="comma-separated, from " + ",".join(MODELS))
+    parser.add_argument("--models", default="rwkv,microrwkv,gpt", help="comma-separated, from " + ",".join(MODELS)
+                        + " (default: %(default)s)")
     parser.add_argument("--n_layer", type=int, default=6)
     parser.add_argument("--n_embd", type=int, default=384)
     parser.add_argument("--n_head", type=int, default=6, help="attention heads (RWKV heads are n_embd // 64)")
     parser.add_argument("--vocab_size", type=int, default=50304)
     parser.add_argument("--seq_lens", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--tokens_per_step", type=int, default=4096, help="batch_size = this // seq_len")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per model and length")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per run (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per model and length: tokens/s is their "
+                        "median, with min and max (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    parser.add_argument("--out", default="out/benchmark_training.txt", help="the printed text (default: %(default)s)")
+    parser.add_argument("--out_json", help="the numbers as JSON (default: --out with .json)")
+    args = parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    names = args.models.split(",")
-    if unknown := set(names) - set(MODELS):
-        parser.error(f"unknown model(s) {sorted(unknown)}; choose from {list(MODELS)}")
-    print(f"n_layer={args.n_layer} n_embd={args.n_embd} vocab={args.vocab_size} float32 {args.device} "
-          f"threads={args.threads}, {args.tokens_per_step} tokens/step, {args.steps} timed steps")
-    print(f"{'T':>6} {'model':>10} {'params':>9} {'tokens/s':>10} {'vs gpt':>7}")
+    names = [n for n in args.models.split(",") if n]
+    if unknown := [n for n in names if n not in MODELS]:
+        parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    if not names:
+        parser.error("no models to run")
+    for flag in ("steps", "repeats", "tokens_per_step", "threads", "n_layer", "n_embd", "n_head", "vocab_size"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1")
+    if args.warmup < 0 or min(args.seq_lens) < 1:
+        parser.error("--warmup must be >= 0 and --seq_lens >= 1")
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    configs = {}
     for seq_len in args.seq_lens:
-        results = {}
         for name in names:
-            torch.manual_seed(0)
-            config = GPTConfig(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                               vocab_size=args.vocab_size, block_size=seq_len, **MODELS[name])
-            model = build_model(config).to(device)
-            results[name] = (model.get_num_params(), tokens_per_second(
-                model, max(1, args.tokens_per_step // seq_len), seq_len, args.steps, args.warmup,
-                args.vocab_size, device))
-        for name, (n_params, tps) in results.items():
-            ratio = f"{tps / results['gpt'][1]:.2f}x" if "gpt" in results else "-"
-            print(f"{seq_len:>6} {name:>10} {n_params / 1e6:>8.1f}M {tps:>10.0f} {ratio:>7}")
+            if missing := sorted(set(MODELS[name]) - fields):
+                parser.error(f"model {name} needs GPTConfig field(s) {missing}, which this model.py does not have")
+            try:
+                configs[seq_len, name] = GPTConfig(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
+                                                   vocab_size=args.vocab_size, block_size=seq_len, **MODELS[name])
+            except (TypeError, ValueError) as e:
+                parser.error(f"model {name} at T={seq_len}: {e}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        parser.error(f"--device {args.device}: {e}")
+    out_json = args.out_json or os.path.splitext(args.out)[0] + ".json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        results = run_all(configs, args, device)
+    finally:
+        torch.set_num_threads(threads)  # as it was, for a caller in the same process (the tests)
+
+    command = shlex.join(["python", "benchmark_training.py", *(sys.argv[1:] if argv is None else argv)])
+    header = (f"n_layer={args.n_layer} n_embd={args.n_embd} n_head={args.n_head} vocab={args.vocab_size} float32 "
+              f"{device} threads={args.threads}, {args.tokens_per_step} tokens/step, {args.warmup} warm-up steps, "
+              f"tokens/s = median (min, max) of {args.repeats} runs of {args.steps} timed steps each")
+    text = (f"{command}\n{header}\n\n{throughput_table(results)}\n\n"
+            f"forward + backward time per sub-layer type (with its pre-norm), ms and % of one step: the step of "
+            f"median time of {args.steps} more steps run with timing hooks (the 'step' row; hooks add overhead"
+            f"{' and synchronise CUDA: approximate' if device.type == 'cuda' else ''}); optimizer = AdamW step + "
+            f"zero_grad, other = the rest (residual adds, autograd)\n{breakdown_table(results)}\n")
+    print(text, end="")
+    write_atomic(args.out, text)
+    write_atomic(out_json, json.dumps({
+        "command": command, "device": str(device), "dtype": "float32", "threads": args.threads,
+        "n_layer": args.n_layer, "n_embd": args.n_embd, "n_head": args.n_head, "vocab_size": args.vocab_size,
+        "tokens_per_step": args.tokens_per_step, "steps": args.steps, "repeats": args.repeats,
+        "warmup": args.warmup, "results": results}, indent=1))
+    print(f"wrote {args.out} and {out_json}")
+    return 0
+
+
+def run_all(configs, args, device):
+    """Every (T, model) in turn, then the ratios to GPT at the same T."""
+    results = []
+    progress = tqdm(configs.items(), desc="benchmark", unit="model", file=sys.stderr, mininterval=1.0)
+    for (seq_len, name), config in progress:
+        progress.set_postfix_str(f"T={seq_len} {name}")
+        torch.manual_seed(0)
+        model = build_model(config).to(device)
+        batch_size = max(1, args.tokens_per_step // seq_len)
+        runs, hooked = benchmark(model, batch_size, seq_len, args, device)
+        flops = getattr(model, "flops_per_token", None)
+        flops = flops(seq_len) if callable(flops) else None
+        median = statistics.median(runs)
+        results.append({
+            "seq_len": seq_len, "model": name, "params": model.get_num_params(), "batch_size": batch_size,
+            "tokens_per_s": {"median": median, "min": min(runs), "max": max(runs), "runs": runs},
+            "step_ms": batch_size * seq_len / median * 1e3, "vs_gpt": None, "flops_per_token": flops,
+            "gflops_per_s": None if flops is None else flops * median / 1e9,
+            "breakdown": breakdown(hooked),
+        })
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    progress.close()
+    for r in results:
+        gpt = [g for g in results if g["model"] == "gpt" and g["seq_len"] == r["seq_len"]]
+        if gpt:
+            r["vs_gpt"] = r["tokens_per_s"]["median"] / gpt[0]["tokens_per_s"]["median"]
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

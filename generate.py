@@ -9,14 +9,16 @@ The model's configuration comes from the checkpoint (out_dir/<model_name>.pt, wr
 The prompt is prefilled once in parallel, then every new token costs one recurrent step
 (model.generate_stream): constant time per token for MicroRWKV's RWKV/SWA blocks, at any position,
 and past block_size. GPT checkpoints work too, within their learned positions: a longer prompt is cropped
-to its last block_size tokens, and a full KV cache is re-prefilled with the last block_size // 2 tokens.
+to its last block_size tokens, and a full KV cache is re-prefilled with the last block_size // 2 tokens
+(GPT.context_window).
 
 After each sample, one line reports the token counts and the speed, measured on the model calls only
 (sampling included, printing excluded):
     prefill = the prompt's forward pass and the first sampled token
     decode  = every token after the first
---recompute decodes the original way instead, re-running the whole context for every new token, to
-compare speeds; greedy (--temperature=0) decoding gives the same tokens both ways.
+--recompute decodes by re-running the whole context for every new token instead, to compare speeds;
+it conditions on the same context (for GPT: the same window), so greedy (--temperature=0) decoding gives
+the same tokens both ways.
 An empty prompt starts from <|endoftext|>, the token between TinyStories stories.
 """
 
@@ -24,15 +26,14 @@ import argparse
 import codecs
 import functools
 import math
-import os
-import re
 import sys
 import time
 from contextlib import nullcontext
 
 import torch
 
-from model import GPTConfig, build_model, sample
+from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint, one_line
+from model import sample
 
 
 def parse_args(argv):
@@ -58,8 +59,8 @@ def parse_args(argv):
     p.add_argument("--stream", action="store_true", help="print each token as soon as it is sampled")
     p.add_argument("--stop_at_eot", action="store_true", help="end a sample at <|endoftext|> (not printed)")
     p.add_argument("--recompute", action="store_true",
-                   help="decode by re-running the whole context for every token (the original method, "
-                        "slow: for speed comparisons) instead of one recurrent step per token")
+                   help="decode by re-running the whole context for every token (slow: for speed "
+                        "comparisons) instead of one recurrent step per token")
     return p.parse_args(argv)
 
 
@@ -69,48 +70,13 @@ def die(msg):
     sys.exit(1)
 
 
-def one_line(e):
-    """An exception as a short single line, for die()."""
-    msg = " ".join(str(e).split())
-    return f"{type(e).__name__}: {msg[:200] + '...' if len(msg) > 200 else msg}"
-
-
-def checkpoint_names(out_dir):
-    """The checkpoint names (no .pt) in out_dir."""
-    try:
-        names = [f[:-3] for f in os.listdir(out_dir) if f.endswith(".pt")]
-    except OSError:
-        return []
-
-    def order(name):  # ckpt, then ckpt-<iter> by iteration, then any other name
-        numbered = re.fullmatch(r"ckpt-(\d+)", name)
-        return name != "ckpt", int(numbered[1]) if numbered else float("inf"), name
-
-    return sorted(names, key=order)
-
-
 def load_model(out_dir, model_name, device):
     """Build the model that out_dir/<model_name>.pt describes and load its weights; die() on bad input."""
-    name = model_name[:-3] if model_name.endswith(".pt") else model_name
-    path = os.path.join(out_dir, name + ".pt")
-    if not os.path.isfile(path):
-        found = ", ".join(checkpoint_names(out_dir)) or "none (train one with `python train.py`)"
-        die(f"no checkpoint '{name}' in {out_dir}; found: {found}")
+    path = checkpoint_path(out_dir, model_name)
     try:
-        # mmap: only the tensors we use are read, not the optimizer state (twice the model's size)
-        ckpt = torch.load(path, map_location=device, weights_only=True, mmap=True)
-    except Exception as e:  # torch.load raises many types for a file that is not a torch zip archive
-        die(f"{path} is not a MicroRWKV checkpoint ({one_line(e)})")
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
-            or not isinstance(ckpt.get("model_args"), dict):
-        die(f"{path} is not a MicroRWKV checkpoint (no 'model' and 'model_args' entries)")
-    try:
-        model = build_model(GPTConfig(**ckpt["model_args"]))
-        # checkpoints of a torch.compile'd model, written by other tools, prefix every key
-        state_dict = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
-        model.load_state_dict(state_dict)
-    except (TypeError, ValueError, RuntimeError, AssertionError) as e:
-        die(f"{path} does not match this model.py ({one_line(e)})")
+        model = model_from_checkpoint(load_checkpoint(path, device, mmap=True), path)
+    except CheckpointError as e:
+        die(e)
     return model.to(device).eval()
 
 
@@ -131,13 +97,17 @@ def mask_padding_ids(model, n_vocab):
 
 
 def generate_recompute(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """The original decoding, for comparison: one forward pass over the whole context for every new token
-    (cropped to block_size for GPT, whose positions end there). Yields each new token (B, 1)."""
+    """Decoding by re-computation, for comparison: one forward pass over the whole context for every new
+    token. GPT sees the window of the context its recurrent decoding sees (GPT.context_window), so greedy
+    text is the same both ways. Yields each new token (B, 1)."""
+    context = model.crop_prompt(idx)
     for _ in range(max_new_tokens):
-        logits, _ = model(model.crop_prompt(idx))
+        logits, _ = model(context)
         idx_next = sample(logits[:, -1, :], temperature, top_k, top_p, generator)
         yield idx_next
-        idx = torch.cat((idx, idx_next), dim=1)
+        context = torch.cat((context, idx_next), dim=1)
+        if hasattr(model, "context_window"):
+            context = model.context_window(context)
 
 
 def main(argv=None):

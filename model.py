@@ -800,6 +800,13 @@ class GPT(LanguageModel):
         logits = self.lm_head(x if all_logits else x[:, [-1]])
         return logits, new_state, x.new_zeros((), dtype=torch.float32)
 
+    def crop_block_size(self, block_size):
+        """Shrink the learned positions to a smaller context (e.g. fine-tuning GPT-2 at 256), as nanoGPT does."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.wpe.weight = nn.Parameter(self.wpe.weight[:block_size].clone())
+        self.wpe.num_embeddings = block_size
+
     def crop_prompt(self, idx):
         return idx[:, -self.config.block_size:]
 

@@ -3,13 +3,14 @@ Prepare TinyStories (or your own story files) as GPT-2 BPE token files for train
 
 Writes data/<name>/train.bin and val.bin (flat uint16 token ids, every story followed by
 <|endoftext|> = 50256) and meta.json (tokenizer, vocab size, token and story counts, source).
-train.py reads them through load_tokens() below.
+train.py reads them through load_tokens() below. Exact duplicate stories are dropped (the first is
+kept) before the train/val split, so no story is in both; meta.json says how many (duplicates_dropped).
 
 Three sources, one tokenize-and-write path:
 
 # the Hugging Face hub (default): roneneldan/TinyStories train + validation splits -> data/tinystories/
 $ python prepare_tinystories.py
-# the original README's subset: first 15000 train stories (+ first 1500 validation) -> data/tinystories_15k/
+# the 15k-story subset the README table's model trains on: first 15000 train stories (+ first 1500 validation) -> data/tinystories_15k/
 $ python prepare_tinystories.py --num_stories 15000
 
 # local files -> data/tinystories_local/: the upstream raw text layout (TinyStoriesV2-GPT4-*.txt,
@@ -25,11 +26,13 @@ Offline, tiktoken needs its BPE file: TIKTOKEN_CACHE_DIR=../shared/tiktoken_cach
 """
 
 import argparse
+import hashlib
 import itertools
 import json
 import math
 import os
 import random
+import re
 import socket
 import sys
 import time
@@ -47,6 +50,7 @@ EOT_TOKEN = 50256
 EOT_TEXT = "<|endoftext|>"
 HF_DATASET = "roneneldan/TinyStories"
 BATCH_STORIES = 1024  # stories per tokenizer task: big enough to amortize pickling, small enough to stream
+JSON_CHUNK_CHARS = 1 << 20  # a .json array is parsed from a buffer of about this many characters, not loaded whole
 FORMATS = (".txt", ".json", ".jsonl")
 META_KEYS = ("tokenizer", "vocab_size", "eot_token", "train_tokens", "val_tokens", "train_stories", "val_stories",
              "source")
@@ -77,11 +81,11 @@ def read_stories(path):
                 yield from _nonempty("".join(lines))  # the last story may lack its separator
             else:
                 # .json may be one array (HF's to_json and the upstream TinyStories_all_data files
-                # differ), or one object per line like .jsonl; arrays are loaded whole, lines stream.
+                # differ), or one object per line like .jsonl; both stream, one record at a time.
                 head = f.read(4096).lstrip()
                 f.seek(0)
                 if path.suffix == ".json" and head.startswith("["):
-                    for i, record in enumerate(json.load(f)):
+                    for i, record in enumerate(json_array(f, path)):
                         yield from _nonempty(_record_text(record, f"{path}: record {i}"))
                 else:
                     for lineno, line in enumerate(f, 1):
@@ -92,6 +96,75 @@ def read_stories(path):
     except json.JSONDecodeError as e:
         where = f"line {lineno}" if lineno else f"line {e.lineno}"
         raise DataError(f"{path}: not valid JSON at {where} ({e.msg})") from None
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def json_array(f, where, chunk_chars=None):
+    """Yield the values of the JSON array in text file f one at a time. json.load would hold the whole
+    text and every record at once (many GB for a 2 GB file); here raw_decode parses each value from a
+    buffer of about chunk_chars characters, refilled from f as the values are used up. A value cut off
+    by the end of the buffer is parsed again once more text is in. Errors: a one-line DataError with
+    the line and column, as json.load would report them."""
+    chunk_chars = chunk_chars or JSON_CHUNK_CHARS
+    decoder = json.JSONDecoder()
+    buf, pos, eof = "", 0, False
+    lines, line_start = 0, 0  # newlines in the text already dropped from buf; where the current line starts
+    dropped = 0  # characters dropped from the front of buf
+    state = "["  # what comes next: "[", "first" value or "]", "value", "," or "]", "end" of the file
+
+    def fail(msg, at):
+        nl = buf.rfind("\n", 0, at)
+        line = lines + buf.count("\n", 0, at) + 1
+        column = at - nl if nl >= 0 else dropped + at - line_start + 1
+        raise DataError(f"{where}: not valid JSON at line {line} column {column} ({msg})")
+
+    while True:
+        pos = _JSON_SPACE.match(buf, pos).end()
+        more = pos == len(buf)  # need more text before going on
+        if not more:
+            c = buf[pos]
+            if state == "[":
+                if c != "[":
+                    fail("Expecting '['", pos)
+                pos, state = pos + 1, "first"
+            elif state == "first" and c == "]":
+                pos, state = pos + 1, "end"
+            elif state in ("first", "value"):
+                try:
+                    value, end = decoder.raw_decode(buf, pos)
+                    # a number near the end of buf may go on in the next chunk: "1e-" parses as 1
+                    more = not eof and end > len(buf) - 8
+                except json.JSONDecodeError as e:
+                    # cut off by the end of buf, not malformed: an error at its very end, or a string that
+                    # runs past it (reported at the string's start). A real error is reported at once,
+                    # without reading the rest of the file into buf first.
+                    if eof or not (e.pos >= len(buf) - 8 or e.msg.startswith("Unterminated string")):
+                        fail(e.msg, e.pos)
+                    more = True
+                if not more:
+                    pos, state = end, ","
+                    yield value
+            elif state == ",":
+                if c not in ",]":
+                    fail("Expecting ',' delimiter", pos)
+                pos, state = pos + 1, "value" if c == "," else "end"
+            else:
+                fail("Extra data", pos)
+        if more:
+            if eof:
+                if state == "end":
+                    return
+                fail("Expecting ',' delimiter" if state == "," else "Expecting value", pos)
+            # at least as much as is pending, so a value many chunks long is parsed O(log) times, not O(n)
+            chunk = f.read(max(chunk_chars, len(buf) - pos))
+            eof = not chunk
+            # drop the text before pos: buf holds one chunk plus at most the value being parsed
+            nl = buf.rfind("\n", 0, pos)
+            if nl >= 0:
+                lines, line_start = lines + buf.count("\n", 0, pos), dropped + nl + 1
+            buf, pos, dropped = buf[pos:] + chunk, 0, dropped + pos
 
 
 def _record_text(record, where):
@@ -125,15 +198,41 @@ def local_stories(paths):
         yield from read_stories(p)
 
 
-def count_stories(paths):
+class Unique:
+    """Drops exact duplicate stories, keeping the first: a story in both train and val makes val loss
+    partly a score of memorization. It keeps 16-byte blake2b digests, not the texts, so a source streams
+    in ~100 bytes of RAM per story (~0.3 GB for 2.7M stories) instead of the size of the corpus."""
+
+    def __init__(self):
+        self.seen, self.dropped = set(), 0
+
+    def add(self, story):
+        """True (and remember it) if story is new, False (and count it as dropped) if seen before."""
+        digest = hashlib.blake2b(story.encode(), digest_size=16).digest()
+        if digest in self.seen:
+            self.dropped += 1
+            return False
+        self.seen.add(digest)
+        return True
+
+    def filter(self, stories):
+        return (s for s in stories if self.add(s))
+
+
+def count_stories(paths, unique=None, limit=None):
     """One streaming pass over the files: exact counts for the val split and the progress bar,
-    and every decode/format error surfaces here, before any output exists."""
+    and every decode/format error surfaces here, before any output exists. With a Unique, counts only
+    the stories it has not seen (and remembers them); with a limit, the first limit of them, as
+    islice(unique.filter(...), limit) will take them, so that unique then holds exactly those."""
     total = 0
     for p in paths:
-        n = sum(1 for _ in read_stories(p))
+        n = 0
+        for story in read_stories(p):
+            n += 1
+            if limit is None or total < limit:
+                total += unique.add(story) if unique else 1
         if n == 0:
             raise DataError(f"{p}: no stories found")
-        total += n
     return total
 
 
@@ -322,10 +421,11 @@ def _tokenized(batches, num_proc):
             yield splits, result.get()
 
 
-def write_dataset(out_dir, items, total, meta, num_proc=1):
+def write_dataset(out_dir, items, total, meta, num_proc=1, unique=None):
     """Tokenize items, an iterable of (split, story) with split "train" or "val", into
     out_dir/train.bin, val.bin, meta.json. Everything goes to *.tmp files first and is renamed only
-    when complete, so an interrupted or failed run leaves no .bin that looks finished."""
+    when complete, so an interrupted or failed run leaves no .bin that looks finished. unique: the
+    Unique that filtered items, read once they are used up, for meta.json's duplicates_dropped."""
     out_dir = Path(out_dir)
     missing_dirs = [d for d in [out_dir, *out_dir.parents] if not d.exists()]  # removed again on failure
     names = ("train.bin", "val.bin", "meta.json")
@@ -350,6 +450,8 @@ def write_dataset(out_dir, items, total, meta, num_proc=1):
                 counts["train_stories"] += len(splits) - int(is_val.sum())
                 bar.update(len(splits))
         dt = time.time() - t0
+        if unique is not None:
+            counts["duplicates_dropped"] = unique.dropped
         for split in ("train", "val"):
             if counts[f"{split}_stories"] == 0:
                 raise DataError(f"no {split} stories: the {split} source is empty")
@@ -372,6 +474,8 @@ def write_dataset(out_dir, items, total, meta, num_proc=1):
     n_tok = counts["train_tokens"] + counts["val_tokens"]
     print(f"wrote {out_dir}: train {counts['train_tokens']:,} tokens ({counts['train_stories']:,} stories), "
           f"val {counts['val_tokens']:,} tokens ({counts['val_stories']:,} stories)")
+    if unique is not None:
+        print(f"dropped {unique.dropped:,} exact duplicate stories (the first of each is kept)")
     print(f"tokenized {n_tok:,} tokens in {dt:.2f} s: {n_tok / max(dt, 1e-9):,.0f} tokens/s with num_proc={num_proc}")
     return meta
 
@@ -497,38 +601,54 @@ def prepare(args):
         params["val_files"] = [_describe(p) for p in args.val_source]
     elif args.source or args.synthetic:
         params.update(val_fraction=args.val_fraction, split_seed=args.seed)
-    params.update(num_stories=n_max, tokenizer=TOKENIZER)
+    # dedup: a dataset prepared before exact duplicates were dropped is not this one; --force rebuilds it
+    params.update(num_stories=n_max, tokenizer=TOKENIZER, dedup="exact")
     out_dir = Path(args.out_dir) if args.out_dir else Path("data") / (args.name or name)
     if _already_prepared(out_dir, params, args.force):
         return out_dir
 
+    # exact duplicates are dropped before the split (the first one is kept), and a val story that is
+    # also a train story is dropped from val: every story is in one split only, and at most once
+    unique = Unique()
     if args.source:
         check_files(args.source + (args.val_source or []))
         print(f"counting stories in {len(args.source) + len(args.val_source or [])} file(s)...")
-        n_train = min(count_stories(args.source), n_max or math.inf)
-        train = itertools.islice(local_stories(args.source), n_train)
+        # the counting pass dedups as the writing pass will (with a Unique of its own), so that
+        # --val_fraction splits the unique stories and val is checked against the train stories kept
+        counted = Unique()
+        n_train = count_stories(args.source, counted, n_max)
+        n_val = count_stories(args.val_source, counted, n_val_max) if args.val_source else 0
+        if args.val_source and n_val == 0:
+            raise DataError(f"no val stories: every story of {', '.join(args.val_source)} is also a train story")
+        del counted  # only one set of digests in RAM at a time
+        # islice by n_max, not n_train: without --num_stories the whole file is read, so that the
+        # repeats after the last new story are counted as dropped too
+        train = itertools.islice(unique.filter(local_stories(args.source)), n_max)
         if args.val_source:
-            n_val = min(count_stories(args.val_source), n_val_max or math.inf)
-            val = itertools.islice(local_stories(args.val_source), n_val)
+            val = itertools.islice(unique.filter(local_stories(args.val_source)), n_val_max)
             items, total = _labeled(train, val), n_train + n_val
         else:
             items, total = split_by_fraction(train, n_train, args.val_fraction, args.seed), n_train
     elif args.synthetic:
-        n = min(args.synthetic, n_max or math.inf)
-        items, total = split_by_fraction(synthetic_stories(n, args.seed), n, args.val_fraction, args.seed), n
+        stories = list(unique.filter(synthetic_stories(min(args.synthetic, n_max or math.inf), args.seed)))
+        n = len(stories)
+        items, total = split_by_fraction(stories, n, args.val_fraction, args.seed), n
     else:
         # streaming reads only the first shards when a subset is asked for; the full set is
         # downloaded once into the HF cache (memory-mapped Arrow, so RAM stays small)
         train, val = hub_splits(args.hf_dataset, streaming=n_max is not None)
-        n_train = n_max if n_max is not None else len(train)  # progress bar total (a subset may be shorter)
+        # progress bar total only: a subset may be shorter, and no pass counts the duplicates first
+        n_train = n_max if n_max is not None else len(train)
         n_val = n_val_max if n_val_max is not None else len(val)
-        items = _labeled(itertools.islice(hub_stories(train), n_max), itertools.islice(hub_stories(val), n_val_max))
+        items = _labeled(itertools.islice(unique.filter(hub_stories(train)), n_max),
+                         itertools.islice(unique.filter(hub_stories(val)), n_val_max))
         total = n_train + n_val
     desc = {"local": f"local files {', '.join(args.source or [])}" + (f" (val: {', '.join(args.val_source)})"
                                                                       if args.val_source else ""),
             "synthetic": f"synthetic smoke-test stories (generator seed {args.seed}), not TinyStories"
             }.get(params["source"], f"Hugging Face hub {args.hf_dataset} (train/validation splits)")
-    write_dataset(out_dir, items, total, {"source": desc, "name": out_dir.name, "params": params}, args.num_proc)
+    write_dataset(out_dir, items, total, {"source": desc, "name": out_dir.name, "params": params}, args.num_proc,
+                  unique)
     return out_dir
 
 

@@ -7,19 +7,23 @@ $ python train.py config/train_tinystories.py --batch_size=8 --compile=True
 
 Resume from the latest checkpoint, or from a numbered one:
 $ python train.py config/train_tinystories_cpu.py --init_from=resume
-$ python train.py config/train_tinystories_cpu.py --init_from=resume --resume_ckpt=ckpt-500
+$ python train.py config/train_tinystories_cpu.py --init_from=resume --resume_ckpt=ckpt-200
 
 Evaluate (eval_only=True) or fine-tune a pretrained GPT-2 / RWKV-4 (see pretrained.py):
 $ python train.py config/eval_gpt2.py
 
-DDP on 4 GPUs of one node:
+DDP on 4 GPUs of one node (gradient_accumulation_steps is the total over all processes):
 $ torchrun --standalone --nproc_per_node=4 train.py config/train_tinystories.py
 
-DDP across 2 nodes (run on each, with --node_rank=0 / 1):
-$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py ...
+DDP across 2 nodes of 8 GPUs (run on each, with --node_rank=0 / 1):
+$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py config/train_tinystories.py --gradient_accumulation_steps=16
+
+Check a command line without running it (the config is built and validated, nothing is read or written):
+$ python train.py config/train_tinystories.py --dry_run=True
 
 Outputs in out_dir: ckpt.pt (latest), ckpt-<iter>.pt (every ckpt_interval steps and at the end),
-metrics.jsonl (one JSON object per logged step and per evaluation). Plot with plot_metrics.py.
+metrics.jsonl (see metrics.py). Every reported loss is cross-entropy; the MoE load-balancing loss is
+logged in its own column (the objective adds aux_loss_weight times it). Plot with plot_metrics.py.
 `python train.py --help` lists every config key with its default.
 """
 
@@ -34,7 +38,10 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint, rng_rows, \
+    save_checkpoint
 from configurator import ConfigError, apply_config, format_help
+from metrics import peak_flops, restart_metrics
 from model import GPTConfig, build_model
 
 # -----------------------------------------------------------------------------
@@ -49,6 +56,7 @@ always_save_checkpoint = True  # if False, ckpt.pt is only written when val loss
 ckpt_interval = 500  # also write ckpt-<iter>.pt every this many steps (0: only at the end)
 init_from = 'scratch'  # 'scratch', 'resume', or a GPT-2 / RWKV-4 hub id or save_pretrained() directory
 resume_ckpt = 'ckpt'  # with init_from='resume': which checkpoint in out_dir ('ckpt', 'ckpt-500', ...)
+dry_run = False  # build and check the configuration, print it, and exit
 # wandb logging
 wandb_log = False
 wandb_project = 'microrwkv'
@@ -61,11 +69,12 @@ gradient_accumulation_steps = 1  # total over all DDP processes
 batch_size = 12  # micro-batch size per process
 # model: every GPTConfig field is a config key with the dataclass default
 for _f in dataclasses.fields(GPTConfig):
-    globals()[_f.name] = _f.default if _f.default is not dataclasses.MISSING else _f.default_factory()
+    globals()[_f.name] = _f.default
 # AdamW optimizer
 learning_rate = 6e-4
 max_iters = 5000  # total number of optimizer steps
 weight_decay = 1e-1
+weight_decay_time = False  # also decay the RWKV time_* matrices (decay rates and mixing ratios)
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # clip gradients at this norm, or disable if == 0.0
@@ -82,6 +91,7 @@ dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported
 compile = False  # torch.compile the model
 seed = 1337
 num_threads = 0  # torch.set_num_threads(num_threads) if > 0
+peak_flops_per_s = 0.0  # the device's peak FLOP/s for MFU; 0: look the GPU up in metrics.py (no MFU if unknown)
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))]
 _defaults = {k: globals()[k] for k in config_keys}
@@ -100,6 +110,12 @@ try:
     globals().update(apply_config(sys.argv[1:], _defaults))
 except ConfigError as e:
     die(e)
+model_keys = [f.name for f in dataclasses.fields(GPTConfig)]
+model_args = {k: globals()[k] for k in model_keys}
+try:
+    GPTConfig(**model_args)  # validates the architecture before anything starts
+except ValueError as e:
+    die(e)
 if init_from not in ('scratch', 'resume'):
     from pretrained import is_pretrained_name
     if not is_pretrained_name(init_from):
@@ -107,14 +123,19 @@ if init_from not in ('scratch', 'resume'):
             f"got {init_from!r}")
 if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
-if model_type not in ('microrwkv', 'gpt'):
-    die(f"model_type must be 'microrwkv' or 'gpt', got {model_type!r}")
 for _k in ('max_iters', 'ckpt_interval', 'eval_iters', 'log_interval', 'eval_interval', 'batch_size',
            'gradient_accumulation_steps'):
     _min = 0 if _k in ('max_iters', 'ckpt_interval') else 1
     if globals()[_k] < _min:
         die(f"{_k} must be >= {_min}, got {globals()[_k]}")
+ddp_world_size = int(os.environ.get('WORLD_SIZE', 1))
+if gradient_accumulation_steps % ddp_world_size != 0:
+    die(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number of "
+        f"processes ({ddp_world_size})")
 config = {k: globals()[k] for k in config_keys}  # useful for logging and the checkpoint
+if dry_run:
+    print(f"dry run: configuration valid for {ddp_world_size} process(es): {config}")
+    sys.exit(0)
 if wandb_log and not eval_only and int(os.environ.get('RANK', 0)) == 0:
     try:
         import wandb  # only needed, and only imported, with wandb_log=True
@@ -130,30 +151,20 @@ if ddp:
     dist.init_process_group(backend=backend or ('nccl' if device.startswith('cuda') else 'gloo'))
     ddp_rank = int(os.environ['RANK'])
     ddp_local_rank = int(os.environ['LOCAL_RANK'])
-    ddp_world_size = int(os.environ['WORLD_SIZE'])
     if device.startswith('cuda'):
         device = f'cuda:{ddp_local_rank}'
         torch.cuda.set_device(device)
     master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
-    seed_offset = ddp_rank  # each process gets a different seed
-    # world_size number of processes will be training simultaneously, so we can scale
-    # down the desired gradient accumulation iterations per process proportionally
-    if gradient_accumulation_steps % ddp_world_size != 0:
-        die(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the world size ({ddp_world_size})")
-    gradient_accumulation_steps //= ddp_world_size
+    gradient_accumulation_steps //= ddp_world_size  # each process does its share of the micro-steps
 else:
-    # if not ddp, we are running on a single device and one process
-    ddp_rank = 0
-    ddp_world_size = 1
-    master_process = True
-    seed_offset = 0
+    ddp_rank, master_process = 0, True
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
     os.makedirs(out_dir, exist_ok=True)
 if num_threads > 0:
     torch.set_num_threads(num_threads)
-torch.manual_seed(seed + seed_offset)
+torch.manual_seed(seed + ddp_rank)  # dropout differs between processes
 device_type = 'cuda' if 'cuda' in device else 'cpu'  # for later use in torch.autocast
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
@@ -163,54 +174,73 @@ if dtype == 'float16' and device_type != 'cuda':
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 
-# init these up here, can override if init_from='resume'
+# model init: from scratch, from a checkpoint of this script, or from pretrained weights
 iter_num = 0  # number of optimizer steps done
-best_val_loss = 1e9
+best_val_loss = 1e9  # cross-entropy
 checkpoint = None
-model_keys = [f.name for f in dataclasses.fields(GPTConfig)]
-model_args = {k: globals()[k] for k in model_keys}
 if init_from == 'scratch':
     if master_process:
         print(f"Initializing a new {model_type} model from scratch")
+    model = build_model(GPTConfig(**model_args))
 elif init_from == 'resume':
-    _name = resume_ckpt[:-3] if resume_ckpt.endswith('.pt') else resume_ckpt
-    ckpt_path = os.path.join(out_dir, _name + '.pt')
+    ckpt_path = checkpoint_path(out_dir, resume_ckpt)
     if master_process:
         print(f"Resuming training from {ckpt_path}")
-    if not os.path.isfile(ckpt_path):
-        die(f"checkpoint not found: {ckpt_path}")
-    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-    # the architecture comes from the checkpoint; only dropout may be changed on resume
-    for k in model_keys:
-        if k in checkpoint['model_args'] and k != 'dropout':
-            if master_process and checkpoint['model_args'][k] != model_args[k] and config[k] != _defaults[k]:
-                print(f"note: {k}={model_args[k]!r} ignored, the checkpoint has {checkpoint['model_args'][k]!r}")
-            model_args[k] = checkpoint['model_args'][k]
-    globals().update({k: v for k, v in model_args.items()})
-    config.update(model_args)
-    iter_num = checkpoint['iter_num']
-    best_val_loss = checkpoint['best_val_loss']
+    try:
+        checkpoint = load_checkpoint(ckpt_path, device)
+        model = model_from_checkpoint(checkpoint, ckpt_path, dropout=dropout)  # only dropout may change
+    except CheckpointError as e:
+        die(e)
+    for k, v in checkpoint['model_args'].items():  # the architecture comes from the checkpoint
+        if master_process and k != 'dropout' and config.get(k, v) != v and config[k] != _defaults[k]:
+            print(f"note: {k}={config[k]!r} ignored, the checkpoint has {v!r}")
+    model_args = dataclasses.asdict(model.config)
+    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+else:  # pretrained weights (pretrained.py; needs transformers): the architecture comes from the checkpoint
+    from pretrained import PretrainedError, load_pretrained
+    if master_process:
+        print(f"Initializing from pretrained weights: {init_from}")
+    try:
+        model, model_args = load_pretrained(init_from, device='cpu', dropout=dropout)
+    except PretrainedError as e:
+        die(e)
+    if model_args.get('model_type') not in ('microrwkv', 'gpt') and not eval_only:
+        die(f"{init_from} is a {model_args.get('model_type')} model, which train.py only evaluates: set eval_only=True")
+    if block_size > model_args['block_size']:
+        die(f"block_size={block_size} exceeds the pretrained model's context of {model_args['block_size']}")
+    if model_args.get('model_type') == 'gpt':
+        model.crop_block_size(block_size)  # the batches keep the configured block_size, as nanoGPT does
+        model_args['block_size'] = block_size
+config.update({k: v for k, v in model_args.items() if k in config})
+for k in model_keys:  # what follows reads the model's real architecture
+    globals()[k] = model_args.get(k, globals()[k])
 
-# data: random windows of the token memmaps, drawn from a dedicated generator whose state goes
-# into the checkpoint, so that a resumed run sees exactly the batches the uninterrupted one would
+# data: random windows of the token memmaps. Every process draws the same global batch from one seeded
+# generator and takes its own rows, so the batches depend on the seed only, not on the number of processes,
+# and the generator's state in the checkpoint resumes them exactly.
 from prepare_tinystories import DataError, load_tokens  # noqa: E402
 
 data_dir = data_dir or os.path.join('data', dataset)
 try:
     train_data, val_data, meta = load_tokens(data_dir, vocab_size)
-except DataError as e:
+    if init_from not in ('scratch', 'resume'):
+        from pretrained import check_tokenizer
+        check_tokenizer(model, meta)
+except (DataError, ValueError) as e:
     die(e)
 for _name, _data in (('train', train_data), ('val', val_data)):
     if len(_data) <= block_size + 1:
         die(f"{_name} split in {data_dir} has {len(_data)} tokens, fewer than block_size + 2 = {block_size + 2}")
-train_gen = torch.Generator().manual_seed(seed + seed_offset)
+train_gen = torch.Generator().manual_seed(seed)
 
 
 def get_batch(split, generator):
+    """This process's batch_size rows of a global batch of batch_size * world_size windows."""
     data = train_data if split == 'train' else val_data
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
-    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
+    ix = torch.randint(len(data) - block_size, (batch_size * ddp_world_size,), generator=generator)
+    ix = ix[ddp_rank * batch_size:(ddp_rank + 1) * batch_size].tolist()
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
     if device_type == 'cuda':
         # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
         x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
@@ -219,101 +249,77 @@ def get_batch(split, generator):
     return x, y
 
 
-if init_from in ('scratch', 'resume'):
-    model = build_model(GPTConfig(**model_args))
-else:
-    # pretrained weights (pretrained.py; needs transformers): the architecture comes from the checkpoint
-    from pretrained import PretrainedError, check_tokenizer, load_pretrained
-    if master_process:
-        print(f"Initializing from pretrained weights: {init_from}")
-    try:
-        model, model_args = load_pretrained(init_from, device='cpu', dropout=dropout)
-        check_tokenizer(model, meta)
-    except PretrainedError as e:
-        die(e)
-    if model_args.get('model_type') not in ('microrwkv', 'gpt') and not eval_only:
-        die(f"{init_from} is a {model_args.get('model_type')} model, which train.py only evaluates: set eval_only=True")
-    if block_size > model_args['block_size']:
-        die(f"block_size={block_size} exceeds the pretrained model's context of {model_args['block_size']}")
-    # the batches keep the configured block_size; everything else describes the pretrained model
-    model_args['block_size'] = block_size if model_args.get('model_type') == 'gpt' else model_args['block_size']
-    globals().update({k: v for k, v in model_args.items() if k in model_keys and k != 'block_size'})
-    config.update({k: v for k, v in model_args.items() if k in config and k != 'block_size'})
-    if model_args.get('model_type') == 'gpt' and block_size < model.config.block_size:
-        # crop the position embedding to the configured context, as nanoGPT does
-        model.wpe.weight = torch.nn.Parameter(model.wpe.weight[:block_size].clone())
-        model.wpe.num_embeddings = model.config.block_size = block_size
-if checkpoint is not None:
-    state_dict = checkpoint['model']
-    # accept checkpoints written by other tools from a compiled model
-    unwanted_prefix = '_orig_mod.'
-    for k in list(state_dict.keys()):
-        if k.startswith(unwanted_prefix):
-            state_dict[k[len(unwanted_prefix):]] = state_dict.pop(k)
-    model.load_state_dict(state_dict)
 model.to(device)
 if master_process:
     print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+flops_per_token = model.flops_per_token(block_size) if hasattr(model, 'flops_per_token') else 0
+device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'
+peak = peak_flops(device_name, dtype, peak_flops_per_s)
 
 # initialize a GradScaler. If enabled=False scaler is a no-op
 scaler = torch.amp.GradScaler('cuda', enabled=(dtype == 'float16'))
-
-# optimizer
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
+                                       **({'decay_time': True} if weight_decay_time else {}))
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     if 'scaler' in checkpoint and scaler.is_enabled():
         scaler.load_state_dict(checkpoint['scaler'])
-    # sampler and dropout RNG: continue exactly where the checkpointed run was
-    states = checkpoint.get('rng_state')
-    if states is not None and states.dim() == 2 and states.shape[0] == ddp_world_size:
-        train_gen.set_state(states[ddp_rank].cpu())
-    elif states is not None and states.dim() == 1 and ddp_world_size == 1:
-        train_gen.set_state(states.cpu())
+    # sampler and dropout RNG of this process: continue exactly where the checkpointed run was
+    sampler = rng_rows(checkpoint.get('rng_state'), ddp_world_size, ddp_rank)
+    if sampler is not None:
+        train_gen.set_state(sampler)
     else:
         if master_process:
             print(f"note: the checkpoint has no sampler state for {ddp_world_size} process(es); reseeding the sampler")
-        train_gen.manual_seed(seed + seed_offset + 1_000_003 * iter_num)
-    if checkpoint.get('torch_rng_state') is not None and ddp_world_size == 1:
-        torch.set_rng_state(checkpoint['torch_rng_state'].cpu())
-        if device_type == 'cuda' and checkpoint.get('cuda_rng_state') is not None:
-            torch.cuda.set_rng_state(checkpoint['cuda_rng_state'].cpu(), device)
+        train_gen.manual_seed(seed + 1_000_003 * iter_num)
+    for key, setter in (('torch_rng_state', torch.set_rng_state),
+                        ('cuda_rng_state', lambda s: torch.cuda.set_rng_state(s, device))):
+        state = rng_rows(checkpoint.get(key), ddp_world_size, ddp_rank)
+        if state is not None and (key == 'torch_rng_state' or device_type == 'cuda'):
+            setter(state)
 checkpoint = None  # free up memory
 
 raw_model = model  # unwrapped, uncompiled: its state_dict keys have no _orig_mod./module. prefix
-# compile the model
 if compile:
     print("compiling the model... (takes a ~minute)")
     model = torch.compile(model)
-# wrap model into DDP container
 if ddp:
     # experts that receive no token in a step leave parameters without gradients
-    find_unused = bool(use_moe and num_active_experts < num_experts)
+    find_unused = bool(model_type == 'microrwkv' and use_moe and num_active_experts < num_experts)
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None,
                 find_unused_parameters=find_unused)
 eval_model = raw_model if not compile else (model.module if ddp else model)
 
 
-# helps estimate an arbitrarily accurate loss over either split using many batches
+def global_mean(value):
+    """The mean of a per-process float over all processes (the value itself without DDP)."""
+    if not ddp:
+        return value
+    t = torch.tensor(value, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / ddp_world_size
+
+
+def cross_entropy(loss, aux_loss):
+    """The cross-entropy part of the training loss (which adds the weighted MoE aux loss)."""
+    return loss - getattr(raw_model.config, 'aux_loss_weight', 0.0) * aux_loss
+
+
 @torch.no_grad()
 def estimate_loss():
+    """Mean cross-entropy over eval_iters global batches of each split: the same batches every time, drawn
+    from their own generators, so evaluating does not disturb the training sampler."""
     out = {}
     eval_model.eval()
     for split_idx, split in enumerate(['train', 'val']):
-        # a fresh generator per evaluation: the same batches every time, and the training
-        # sampler is not disturbed (so evaluation does not change the training run)
-        gen = torch.Generator().manual_seed(seed + 7_919 * (split_idx + 1) + 104_729 * seed_offset)
+        gen = torch.Generator().manual_seed(seed + 7_919 * (split_idx + 1))
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
             X, Y = get_batch(split, gen)
             with ctx:
-                _, loss = eval_model(X, Y)
-            losses[k] = loss.item()
-        mean = losses.mean().to(device)
-        if ddp:
-            dist.all_reduce(mean)
-            mean /= ddp_world_size
-        out[split] = mean.item()
+                _, loss, aux = eval_model(X, Y, return_aux_loss=True)
+            losses[k] = cross_entropy(loss, aux).item()
+        out[split] = global_mean(losses.mean().item())
     eval_model.train()
     return out
 
@@ -334,8 +340,8 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 
-def gather_sampler_states(state):
-    """The training sampler state of every rank, as a [world_size, n] uint8 tensor."""
+def gather(state):
+    """A per-process uint8 RNG state as a (world_size, n) tensor, one row per process (a DDP collective)."""
     if not ddp:
         return state.unsqueeze(0)
     states = [None] * ddp_world_size
@@ -344,95 +350,59 @@ def gather_sampler_states(state):
 
 
 def stop_non_finite(what):
-    msg = f"non-finite {what} at iter {iter_num}; last good checkpoint: {last_ckpt}"
     if master_process:
-        print(f"error: {msg}", file=sys.stderr, flush=True)
+        print(f"error: non-finite {what} at iter {iter_num}; last good checkpoint: {last_ckpt}", file=sys.stderr, flush=True)
     if ddp:
         dist.destroy_process_group()
     sys.exit(1)
 
 
-def save_checkpoint(name, sampler_states):
-    """Write out_dir/<name>.pt atomically: a crash mid-save leaves the previous file intact."""
-    ckpt = {
-        'model': raw_model.state_dict(),
-        'optimizer': optimizer.state_dict(),
-        'model_args': dict(model_args),
-        'iter_num': iter_num,
-        'best_val_loss': float(best_val_loss),
-        'config': dict(config),
-        'rng_state': sampler_states,
-        'torch_rng_state': torch.get_rng_state(),
-    }
-    if device_type == 'cuda':
-        ckpt['cuda_rng_state'] = torch.cuda.get_rng_state(device)
-    if scaler.is_enabled():
-        ckpt['scaler'] = scaler.state_dict()
-    path = os.path.join(out_dir, name + '.pt')
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def save(name, rng):
+    path = checkpoint_path(out_dir, name)
+    save_checkpoint(path, {
+        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': dict(model_args),
+        'iter_num': iter_num, 'best_val_loss': float(best_val_loss), 'config': dict(config), **rng,
+        **({'scaler': scaler.state_dict()} if scaler.is_enabled() else {}),
+    })
     print(f"saved checkpoint to {path}")
     return path
 
 
 # metrics: one JSON object per line; a resumed run drops the rows after its checkpoint and appends
-metrics_path = os.path.join(out_dir, 'metrics.jsonl')
 metrics_file = None
 if master_process and not eval_only:
-    rows = []
-    if init_from == 'resume' and os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line torn by a crash
-                    if row.get('iter', 0) <= iter_num:
-                        rows.append(line)
-    with open(metrics_path + '.tmp', 'w') as f:
-        f.writelines(r + '\n' for r in rows)
-    os.replace(metrics_path + '.tmp', metrics_path)
-    metrics_file = open(metrics_path, 'a')
+    metrics_file = restart_metrics(os.path.join(out_dir, 'metrics.jsonl'), iter_num if init_from == 'resume' else None)
+    if wandb_log:
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config, mode=wandb_mode or None)
 
 
 def log_metrics(row):
     if metrics_file is not None:
         metrics_file.write(json.dumps(row) + '\n')
         metrics_file.flush()
-    if wandb_log and master_process:
-        wandb.log({k: v for k, v in row.items() if k != 'iter'}, step=row['iter'])
+        if wandb_log:
+            wandb.log({k: v for k, v in row.items() if k != 'iter'}, step=row['iter'])
 
-
-# logging
-if wandb_log and master_process and not eval_only:
-    wandb.init(project=wandb_project, name=wandb_run_name, config=config, mode=wandb_mode or None)
 
 # training loop
 if ddp:
     dist.barrier()
 last_ckpt = ckpt_path if init_from == 'resume' else 'none'
 start_iter = iter_num
-sampler_state = train_gen.get_state()  # sampler state before this step's batches were drawn
-X, Y = get_batch('train', train_gen)  # fetch the very first batch
 run_t0 = time.time()
 local_iter_num = 0  # number of iterations in the lifetime of this process
-running_mfu = -1.0
 while True:
+    # RNG state before this step: a checkpoint of the state after iter_num steps resumes from here
+    step_rng = (train_gen.get_state(), torch.get_rng_state(),
+                torch.cuda.get_rng_state(device) if device_type == 'cuda' else None)
     # evaluate the loss on train/val sets and write checkpoints (of the state after iter_num steps)
     is_last = iter_num >= max_iters
     if eval_only or ((iter_num % eval_interval == 0 or is_last) and (iter_num > start_iter or iter_num == 0)):
         losses = estimate_loss()
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            if not eval_only:
-                log_metrics({'iter': iter_num, 'eval_train': losses['train'], 'eval_val': losses['val'],
-                             'tokens': iter_num * tokens_per_iter})
+            log_metrics({'iter': iter_num, 'eval_train': losses['train'], 'eval_val': losses['val'],
+                         'tokens': iter_num * tokens_per_iter})
         if eval_only:
             break
         if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
@@ -446,12 +416,13 @@ while True:
     if iter_num > start_iter and (save_latest or save_numbered):
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
             stop_non_finite('parameters')  # never overwrite a good checkpoint with a broken model
-        states = gather_sampler_states(sampler_state)  # a collective under DDP: every rank calls it
+        names = ('rng_state', 'torch_rng_state', 'cuda_rng_state')
+        rng = {k: gather(s) for k, s in zip(names, step_rng) if s is not None}  # every rank calls gather
         if master_process:
             if save_latest or (save_numbered and always_save_checkpoint):
-                last_ckpt = save_checkpoint('ckpt', states)
+                last_ckpt = save('ckpt', rng)
             if save_numbered:
-                last_ckpt = save_checkpoint(f'ckpt-{iter_num}', states)
+                last_ckpt = save(f'ckpt-{iter_num}', rng)
     if is_last:
         break
 
@@ -463,26 +434,22 @@ while True:
 
     # forward backward update, with optional gradient accumulation to simulate larger batch size
     # and using the GradScaler if data type is float16
-    loss_sum = torch.zeros((), device=device)
+    ce_sum = torch.zeros((), device=device)
     aux_sum = torch.zeros((), device=device)
     for micro_step in range(gradient_accumulation_steps):
-        last_micro = micro_step == gradient_accumulation_steps - 1
+        X, Y = get_batch('train', train_gen)
         # in DDP, only sync gradients at the last micro step
-        sync_ctx = model.no_sync() if ddp and not last_micro else nullcontext()
+        sync_ctx = model.no_sync() if ddp and micro_step < gradient_accumulation_steps - 1 else nullcontext()
         with sync_ctx:
             with ctx:
                 logits, loss, aux_loss = model(X, Y, return_aux_loss=True)
-                loss_sum += loss.detach().float()
-                aux_sum += torch.as_tensor(aux_loss).detach().float().to(device)
+                ce_sum += cross_entropy(loss.detach().float(), aux_loss.detach().float())
+                aux_sum += aux_loss.detach().float()
                 loss = loss / gradient_accumulation_steps  # scale the loss to account for gradient accumulation
-            if last_micro:
-                sampler_state = train_gen.get_state()  # the next step's batches start here
-            # immediately async prefetch next batch while model is doing the forward pass on the GPU
-            X, Y = get_batch('train', train_gen)
             # backward pass, with gradient scaling if training in fp16
             scaler.scale(loss).backward()
     # stop on a non-finite loss (in DDP every rank stops together), keeping the checkpoints as they are
-    bad = (~torch.isfinite(loss_sum)).float()
+    bad = (~torch.isfinite(ce_sum)).float()
     if ddp:
         dist.all_reduce(bad)
     if bad.item() > 0:
@@ -500,24 +467,26 @@ while True:
     iter_num += 1
     local_iter_num += 1
 
-    # timing and logging
-    lossf = loss_sum.item() / gradient_accumulation_steps  # mean over micro-steps (this rank)
+    # timing and logging (losses are means over every process's micro-steps: the global batch)
     t1 = time.time()
     dt = t1 - t0  # this step's forward/backward/update time (evaluation and checkpointing excluded)
-    if iter_num % log_interval == 0 and master_process:
-        auxf = aux_sum.item() / gradient_accumulation_steps
-        if local_iter_num >= 5:  # let the training loop settle a bit
-            mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt)
-            running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-        tok_s = tokens_per_iter / dt
-        print(f"iter {iter_num}: loss {lossf:.4f}, aux {auxf:.4f}, lr {lr:.2e}, time {dt * 1000:.2f} ms, "
-              f"tok/s {tok_s:,.0f}, mfu {max(running_mfu, 0.0) * 100:.2f}%")
-        log_metrics({'iter': iter_num, 'train_loss': lossf, 'aux_loss': auxf, 'lr': lr, 'dt_ms': dt * 1000,
-                     'tok_s': tok_s, 'mfu': max(running_mfu, 0.0), 'tokens': iter_num * tokens_per_iter,
-                     'elapsed_s': t1 - run_t0})
+    if iter_num % log_interval == 0:
+        lossf = global_mean(ce_sum.item() / gradient_accumulation_steps)
+        auxf = global_mean(aux_sum.item() / gradient_accumulation_steps)
+        if master_process:
+            tflops = flops_per_token * tokens_per_iter / dt / 1e12  # achieved, counted by model.flops_per_token
+            mfu = f", mfu {tflops * 1e12 / peak * 100:.2f}%" if peak else ""
+            print(f"iter {iter_num}: loss {lossf:.4f}, aux {auxf:.4f}, lr {lr:.2e}, time {dt * 1000:.2f} ms, "
+                  f"tok/s {tokens_per_iter / dt:,.0f}, {tflops:.3f} TFLOP/s{mfu}")
+            log_metrics({'iter': iter_num, 'train_loss': lossf, 'aux_loss': auxf, 'lr': lr, 'dt_ms': dt * 1000,
+                         'tok_s': tokens_per_iter / dt, 'tflops': tflops,
+                         **({'mfu': tflops * 1e12 / peak} if peak else {}), 'tokens': iter_num * tokens_per_iter,
+                         'elapsed_s': t1 - run_t0})
 
 if metrics_file is not None:
     metrics_file.close()
+    if wandb_log:
+        wandb.finish()
 if ddp:
     # rank 0 may still be writing checkpoints: a rank that tears gloo down while its peers are connected
     # aborts the whole job ("terminate called without an active exception"), so wait for everyone first

@@ -1,4 +1,4 @@
-# OpenAI GPT-2 124M on OpenWebText, a baseline of the original README (val loss 3.11 there).
+# OpenAI GPT-2 124M on OpenWebText: nanoGPT reports val loss 3.11 for it (not measured here: no hub access).
 # data: python prepare_openwebtext.py            (-> data/openwebtext, GPT-2 BPE)
 # run:  python train.py config/eval_gpt2.py
 init_from = 'gpt2'  # a Hugging Face id, or a local directory written by transformers' save_pretrained()

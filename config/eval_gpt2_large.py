@@ -1,4 +1,4 @@
-# OpenAI GPT-2 774M on OpenWebText, a baseline of the original README (val loss 2.66 there).
+# OpenAI GPT-2 774M on OpenWebText: nanoGPT reports val loss 2.66 for it (not measured here: no hub access).
 # data: python prepare_openwebtext.py            (-> data/openwebtext, GPT-2 BPE)
 # run:  python train.py config/eval_gpt2_large.py
 

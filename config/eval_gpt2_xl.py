@@ -1,4 +1,4 @@
-# OpenAI GPT-2 1.5B on OpenWebText, a baseline of the original README (val loss 2.56 there).
+# OpenAI GPT-2 1.5B on OpenWebText: nanoGPT reports val loss 2.56 for it (not measured here: no hub access).
 # data: python prepare_openwebtext.py            (-> data/openwebtext, GPT-2 BPE)
 # run:  python train.py config/eval_gpt2_xl.py
 

@@ -1,4 +1,4 @@
-# RWKV-4 14B (trained on the Pile) on OpenWebText, a baseline of the original README (val loss 2.23 there).
+# RWKV-4 14B (trained on the Pile) on OpenWebText: the reference figure is val loss 2.23 (not measured here: no hub access).
 # data: python prepare_openwebtext.py --tokenizer neox      (-> data/openwebtext_neox: RWKV-4 reads GPT-NeoX-20B
 #       token ids, not GPT-2's; its per-token loss is over slightly different tokens than GPT-2's)
 # run:  python train.py config/eval_rwkv4_14b.py

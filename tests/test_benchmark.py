@@ -1,11 +1,20 @@
-"""benchmark_inference_time.py on tiny models: outputs exist and parse, and the state / KV-cache bytes grow
-exactly as the architectures say (constant for RWKV, linear for attention caches). No timing assertions."""
+"""benchmark_inference_time.py and benchmark_training.py on tiny models: outputs exist and parse, land under
+out/ (or the path given) and never under assets/, the state / KV-cache bytes grow exactly as the
+architectures say (constant for RWKV, linear for attention caches), the training table's statistics are
+consistent. No assertions on how fast anything is."""
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 import benchmark_inference_time as bench
+import benchmark_training
+from model import GPTConfig, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 N_LAYER, N_EMBD, N_HEAD, VOCAB, TOKENS, PROMPT = 2, 64, 4, 512, 64, 8
 TINY = ["--n_layer", str(N_LAYER), "--n_embd", str(N_EMBD), "--n_head", str(N_HEAD), "--vocab_size", str(VOCAB),
@@ -30,9 +39,11 @@ def test_all_models_outputs_and_state_bytes(tmp_path):
     for name in names:
         assert len(rows[name]) == TOKENS
         for i, r in enumerate(rows[name]):
-            assert {"model", "i", "pos", "latency_ms", "cum_s", "state_bytes", "rss_bytes"} <= r.keys()
+            assert {"model", "i", "pos", "latency_ms", "cum_s", "state_bytes", "state_alloc_bytes",
+                    "rss_bytes"} <= r.keys()
             assert r["model"] == name and r["i"] == i and r["pos"] == PROMPT + i + 1
             assert r["latency_ms"] > 0 and r["rss_bytes"] > 0
+            assert r["state_alloc_bytes"] >= r["state_bytes"]  # what the state pins >= what it must hold
         cum = [r["cum_s"] for r in rows[name]]
         assert cum == sorted(cum)
     png = (tmp_path / "bench.png").read_bytes()
@@ -46,6 +57,9 @@ def test_all_models_outputs_and_state_bytes(tmp_path):
     gpt_per_token = 2 * N_LAYER * N_EMBD * FLOAT32
     assert all(r["state_bytes"] == gpt_per_token * r["pos"] for r in rows["gpt"])
     assert all(r["state_bytes"] == 0 for r in rows["gpt-nocache"])  # keeps nothing between tokens
+    assert all(r["state_alloc_bytes"] == 0 for r in rows["gpt-nocache"])
+    # the in-place KV cache keeps spare room: at most twice what it holds (plus the 16-slot minimum)
+    assert all(r["state_alloc_bytes"] <= 2 * r["state_bytes"] + 16 * gpt_per_token for r in rows["gpt"])
     # full MicroRWKV: RWKV + a fixed SWA window + a GQA cache growing n_head / n_kv_head times slower than GPT's
     n_kv_head, window = 2, 256
     gqa_per_token = 2 * N_LAYER * n_kv_head * (N_EMBD // N_HEAD) * FLOAT32
@@ -55,6 +69,7 @@ def test_all_models_outputs_and_state_bytes(tmp_path):
     by_model = {s["model"]: s for s in summary["models"]}
     assert by_model["rwkv"]["state_first_MiB"] == by_model["rwkv"]["state_last_MiB"]
     assert by_model["gpt"]["state_last_MiB"] > by_model["gpt"]["state_first_MiB"]
+    assert by_model["gpt"]["state_alloc_last_MiB"] >= by_model["gpt"]["state_last_MiB"]
     for s in summary["models"]:
         assert s["tokens"] == TOKENS and s["stopped"] == "-"
         assert s["ratio"] == pytest.approx(s["last10_ms"] / s["first10_ms"]) and s["tokens_per_s"] > 0
@@ -63,6 +78,7 @@ def test_all_models_outputs_and_state_bytes(tmp_path):
     assert text[0].startswith("python benchmark_inference_time.py --n_layer 2")
     table = text[2:]
     assert table[0].split()[:3] == ["model", "params", "tokens"]
+    assert "state MiB (logical)" in table[0] and "state MiB (allocated)" in table[0]
     assert [line.split()[0] for line in table[1:]] == names
     assert int(table[2].split()[2]) == TOKENS
 
@@ -118,3 +134,150 @@ def test_hf_model_without_transformers(tmp_path, monkeypatch):
 def test_bad_arguments(tmp_path, args):
     with pytest.raises(SystemExit):
         run(tmp_path, *args)
+
+
+def assets_snapshot():
+    return {p.name: p.stat().st_mtime_ns for p in (ROOT / "assets").iterdir()}
+
+
+def test_inference_default_paths_are_under_out(tmp_path, monkeypatch):
+    before = assets_snapshot()
+    monkeypatch.chdir(tmp_path)
+    bench.main([*TINY, "--models", "rwkv", "--max_new_tokens", "4"])
+    out = tmp_path / "out" / "benchmark"
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"rwkv.jsonl", "summary.txt", "summary.json"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]  # temp files renamed away
+    assert not (tmp_path / "assets").exists() and assets_snapshot() == before
+
+
+def decoded_state(overrides, steps=5, prompt=12):
+    """The state of a tiny model after prefilling a prompt and decoding `steps` tokens one at a time."""
+    config = GPTConfig(n_layer=2, n_embd=64, n_head=4, vocab_size=256, block_size=64, window_size=8, **overrides)
+    model = build_model(config).eval()
+    with torch.no_grad():
+        logits, state = model.forward_with_state(torch.randint(0, 256, (1, prompt)))
+        prefill = bench.state_memory(state)
+        for _ in range(steps):
+            logits, state = model.forward_with_state(logits[:, -1:].argmax(-1), state)
+    return prefill, bench.state_memory(state)
+
+
+@pytest.mark.parametrize("name", ["gpt", "microrwkv"])
+def test_attention_state_allocated_at_least_logical(name):
+    (pre_logical, pre_alloc), (logical, allocated) = decoded_state(bench.MODELS[name])
+    assert pre_alloc >= pre_logical > 0
+    assert allocated >= logical > pre_logical  # KV caches grew; their buffers keep spare room
+
+
+def test_pure_rwkv_state_owns_exactly_its_memory():
+    # holds once every state tensor is its own tensor, not a view of the prefill's (B, T, C) activations
+    (pre_logical, pre_alloc), (logical, allocated) = decoded_state(bench.MODELS["rwkv"])
+    assert pre_alloc == pre_logical > 0
+    assert allocated == logical == pre_logical
+
+
+def test_state_alloc_bytes_dedupes_shared_storage():
+    buffer = torch.zeros(10, 4)
+    state = [(buffer[:2], buffer[5:]), {"x": buffer}, torch.ones(3), 7]
+    assert bench.state_bytes(state) == (8 + 20 + 40 + 3) * 4
+    assert bench.state_alloc_bytes(state) == (40 + 3) * 4
+
+
+# ----------------------------------------------------------------------------------------------------
+# benchmark_training.py
+
+HAS_RWKV_VERSION = "rwkv_version" in {f.name for f in dataclasses.fields(GPTConfig)}
+TRAIN_MODELS = [m for m in benchmark_training.MODELS if HAS_RWKV_VERSION or m not in ("rwkv7", "microrwkv7")]
+TRAIN_TINY = ["--n_layer", "1", "--n_embd", "64", "--n_head", "2", "--vocab_size", "256", "--seq_lens", "32",
+              "--tokens_per_step", "64", "--steps", "1", "--warmup", "1", "--repeats", "3", "--threads", "1"]
+
+
+def test_training_benchmark_tables(tmp_path, monkeypatch, capsys):
+    before = assets_snapshot()
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench" / "train.txt"
+    assert benchmark_training.main([*TRAIN_TINY, "--models", ",".join(TRAIN_MODELS), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    text = out.read_text()
+    assert text in printed and text.startswith("python benchmark_training.py --n_layer 1")
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["command"] == text.splitlines()[0] and data["repeats"] == 3
+    # nothing else written: not under the working directory's out/ or assets/, nor the repository's assets/
+    assert sorted(p.name for p in out.parent.iterdir()) == ["train.json", "train.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"] and assets_snapshot() == before
+
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["T", "model"])
+    rows = {}
+    for line in lines[head + 1:]:
+        if not line.strip():
+            break
+        T, model, params, batch, median, lo, hi, ratio, gflops, step_ms = line.split()
+        rows[model] = (int(T), float(median), float(lo), float(hi), ratio, gflops)
+    assert list(rows) == TRAIN_MODELS  # one row per model, in the order asked
+    has_flops = hasattr(build_model(GPTConfig(model_type="gpt", n_layer=1, n_embd=64, n_head=2)), "flops_per_token")
+    for model, (T, median, lo, hi, ratio, gflops) in rows.items():
+        assert T == 32 and 0 < lo <= median <= hi
+        assert re.fullmatch(r"\d+\.\d\dx", ratio)
+        assert float(gflops) > 0 if has_flops else gflops == "-"  # '-' until model.py has flops_per_token
+    assert rows["gpt"][4] == "1.00x"
+
+    results = {r["model"]: r for r in data["results"]}
+    for model, r in results.items():
+        tps = r["tokens_per_s"]
+        assert len(tps["runs"]) == 3 and tps["min"] <= tps["median"] <= tps["max"]
+        assert f"{tps['median']:.0f}" == f"{rows[model][1]:.0f}"
+        b = r["breakdown"]
+        parts = b["parts"]
+        assert "head+loss" in parts and "optimizer" in parts and "other" in parts
+        assert sum(p["pct"] for p in parts.values()) == pytest.approx(100.0)
+        named = sum(p["ms"] for name, p in parts.items() if name != "other")
+        assert all(p["ms"] >= 0 for name, p in parts.items() if name != "other")
+        assert named <= b["step_ms"] * 1.001  # the measured parts fit inside the step
+        for p in parts.values():
+            if p["fwd_ms"] is not None:
+                assert p["ms"] == pytest.approx(p["fwd_ms"] + p["bwd_ms"])
+    expected = {"gpt": {"embedding", "attention", "MLP"}, "rwkv": {"embedding", "TimeMix", "ChannelMix"},
+                "microrwkv": {"embedding", "TimeMix", "ChannelMix", "SWA", "GQA", "MoE"}}
+    for model, names in expected.items():
+        assert names <= set(results[model]["breakdown"]["parts"])
+    assert not {"TimeMix", "SWA", "GQA", "MoE"} & set(results["gpt"]["breakdown"]["parts"])
+    # the printed breakdown: one row per part and a 'step' row per model, percentages summing to ~100
+    breakdown = lines[next(i for i, line in enumerate(lines[head + 1:], head + 1) if "part" in line.split()) + 1:]
+    pct = {}
+    for line in breakdown:
+        fields = line.split()
+        if fields[2] != "step":
+            pct[fields[1]] = pct.get(fields[1], 0.0) + float(fields[-1].rstrip("%"))
+    assert set(pct) == set(TRAIN_MODELS) and all(v == pytest.approx(100.0, abs=0.5) for v in pct.values())
+
+
+def test_training_benchmark_json_path_and_top2(tmp_path):
+    out, js = tmp_path / "t.txt", tmp_path / "sub" / "numbers.json"
+    benchmark_training.main([*TRAIN_TINY, "--models", "microrwkv-top2", "--out", str(out), "--out_json", str(js),
+                             "--repeats", "1"])
+    assert out.exists() and json.loads(js.read_text())["results"][0]["model"] == "microrwkv-top2"
+    model = build_model(GPTConfig(**benchmark_training.MODELS["microrwkv-top2"], n_layer=1, n_embd=64, n_head=2))
+    moe = model.blocks[0].moe
+    assert (moe.num_experts, moe.num_active) == (4, 2) and model.blocks[0].swa.window_size == 256
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "rwkv,mamba"], "unknown model"),
+    (["--models", ""], "no models"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+    (["--n_embd", "48"], "bad model config"),
+])
+def test_training_benchmark_bad_arguments(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        benchmark_training.main([*TRAIN_TINY, "--out", str(tmp_path / "t.txt"), *args])
+    assert e.value.code != 0 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(HAS_RWKV_VERSION, reason="model.py has rwkv_version: rwkv7 runs (tested above)")
+def test_training_benchmark_rwkv7_needs_rwkv_version(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        benchmark_training.main([*TRAIN_TINY, "--models", "rwkv7,gpt", "--out", str(tmp_path / "t.txt")])
+    assert "model rwkv7 needs GPTConfig field(s) ['rwkv_version']" in capsys.readouterr().err

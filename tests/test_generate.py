@@ -115,6 +115,26 @@ def test_recurrent_greedy_equals_recomputation(out_dir, name):
         assert tokens(generate.generate_recompute(model, idx, n_new, temperature=0)) == expected
 
 
+def test_gpt_greedy_past_block_size_is_the_same_both_ways():
+    """Past its learned positions GPT conditions on a window of the context: all of it up to block_size
+    tokens, then the last block_size // 2 (growing again from there). Recurrent decoding (a KV cache,
+    re-prefilled when full) and --recompute both follow that rule."""
+    model = tiny_model(**dict(TINY_GPT, block_size=16)).eval()
+    prompt, n_new = [464, 1110, 11, 257, 1310], 60
+    idx, expected = torch.tensor([prompt]), []
+    with torch.no_grad():  # the rule, written out: the window restarts at half a block when it overflows
+        context = idx
+        for _ in range(n_new):
+            token = model(context)[0][:, -1].argmax(-1, keepdim=True)
+            expected.append(int(token))
+            context = torch.cat([context, token], dim=1)
+            if context.shape[1] > 16:
+                context = context[:, -8:]
+        assert len(set(expected)) > 10, "the reference sequence must not be trivial"
+        assert tokens(model.generate_stream(idx, n_new, temperature=0)) == expected
+        assert tokens(generate.generate_recompute(model, idx, n_new, temperature=0)) == expected
+
+
 def test_cli_greedy_text_is_the_reference_text(out_dir, capsys):
     """The CLI's recurrent and --recompute runs print exactly the text of the reference tokens."""
     enc = generate.get_tokenizer()

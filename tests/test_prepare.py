@@ -1,5 +1,6 @@
 """Tests of prepare_tinystories.py, offline, on subsets of ../shared/data/tinystories/."""
 
+import io
 import json
 import os
 import re
@@ -278,3 +279,195 @@ def test_hub_path_on_a_local_dataset_dir(tmp_path, stories):
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == \
         f"error: dataset {ds} has no 'validation' split (it has: train)"
     assert not (tmp_path / "nosplit").exists()
+
+
+# -----------------------------------------------------------------------------
+# exact duplicates: dropped before the split, so no story is in both train and val
+
+
+def _split_stories(out):
+    train, val, meta = pt.load_tokens(out)
+    return decode(train), decode(val), meta
+
+
+def test_duplicates_are_dropped_before_the_split(tmp_path, capsys, stories):
+    # 80 distinct stories, story i written 1 + i % 3 times in a shuffled order, some copies with
+    # extra blank lines and spaces around them (the same story once stripped)
+    rng = np.random.default_rng(0)
+    copies = [s for i, s in enumerate(stories[:80]) for _ in range(1 + i % 3)]
+    copies = [copies[i] for i in rng.permutation(len(copies))]
+    copies = [f"\n  {s}  \n" if i % 5 == 0 else s for i, s in enumerate(copies)]
+    src = write_raw(tmp_path / "dups.txt", copies)
+    first = list(dict.fromkeys(s.strip() for s in copies))  # by hand: each story once, at its first copy
+    assert len(first) == 80 and len(copies) == 27 + 27 * 2 + 26 * 3  # i % 3 == 0, 1, 2: once, twice, thrice
+    out = tmp_path / "out"
+    run(["--source", src, "--out_dir", out, "--val_fraction", 0.25, "--num_proc", 1])
+    tr, va, meta = _split_stories(out)
+    assert not set(tr) & set(va)
+    assert Counter(tr + va) == Counter(first)  # every story exactly once
+    assert len(va) == 20  # the fraction of the 80 unique stories, not of the 159 copies
+    assert tr == [s for s in first if s not in set(va)]  # source order, first copies kept
+    assert meta["duplicates_dropped"] == 159 - 80 and (meta["train_stories"], meta["val_stories"]) == (60, 20)
+    assert "dropped 79 exact duplicate stories" in capsys.readouterr().out
+
+
+def test_val_source_story_in_train_is_dropped_from_val(tmp_path, capsys, stories):
+    train_copies = stories[:50] + [stories[7], stories[49]]
+    # val: 2 train stories, 3 new ones (one of them twice), and train story 45 (kept below only when
+    # --num_stories 40 leaves story 45 out of train.bin)
+    val_copies = [stories[3], stories[100], stories[101], stories[10], stories[100], stories[102], stories[45]]
+    src, vsrc = write_raw(tmp_path / "t.txt", train_copies), write_raw(tmp_path / "v.txt", val_copies)
+    out = tmp_path / "out"
+    run(["--source", src, "--val_source", vsrc, "--out_dir", out, "--num_proc", 1])
+    tr, va, meta = _split_stories(out)
+    assert tr == stories[:50] and va == [stories[100], stories[101], stories[102]]
+    assert meta["duplicates_dropped"] == 2 + 4  # 2 repeats in train; in val 3 train stories and 1 repeat
+    # the first 40 train stories; val, cut to 40 // 10 = 4, is checked against those 40
+    out = tmp_path / "out40"
+    run(["--source", src, "--val_source", vsrc, "--num_stories", 40, "--out_dir", out, "--num_proc", 1])
+    tr, va, meta = _split_stories(out)
+    assert tr == stories[:40] and va == [stories[100], stories[101], stories[102], stories[45]]
+    assert meta["duplicates_dropped"] == 3  # stories 3, 10 and the second 100 (train's repeats come after 40)
+    # a val file with nothing but train stories leaves val empty: a clear error, nothing written
+    only = write_raw(tmp_path / "only.txt", stories[5:8])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run(["--source", src, "--val_source", only, "--out_dir", tmp_path / "none", "--num_proc", 1])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no val stories" in err[0] and "also a train story" in err[0], err
+    assert not (tmp_path / "none").exists()
+
+
+def test_shared_sample_has_no_story_in_both_splits(tmp_path, capsys):
+    everything = parse_raw(TRAIN_TXT, None)
+    dups = len(everything) - len(set(everything))
+    assert dups > 0  # the sample has repeated stories: without dedup some land in both splits
+    out = tmp_path / "out"
+    run(["--source", TRAIN_TXT, "--out_dir", out, "--val_fraction", 0.1, "--num_proc", 1])
+    tr, va, meta = _split_stories(out)
+    assert not set(tr) & set(va)
+    assert Counter(tr + va) == Counter(set(everything))
+    assert meta["duplicates_dropped"] == dups and len(va) == round(0.1 * len(set(everything)))
+    assert f"dropped {dups} exact duplicate stories" in capsys.readouterr().out
+
+
+def test_synthetic_duplicates_are_dropped(tmp_path, monkeypatch):
+    # the generator can repeat a story (5 times in 20000); a stand-in that repeats many
+    base = pt.synthetic_stories(40, seed=1)
+    monkeypatch.setattr(pt, "synthetic_stories", lambda n, seed: (base * 3)[:n])
+    out = tmp_path / "syn"
+    run(["--synthetic", 100, "--out_dir", out, "--num_proc", 1])
+    tr, va, meta = _split_stories(out)
+    assert not set(tr) & set(va) and Counter(tr + va) == Counter(base)
+    assert meta["duplicates_dropped"] == 60 and len(va) == 4
+
+
+def test_hub_path_drops_duplicates(tmp_path, stories):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    train = stories[:60] + stories[10:20]
+    val = [stories[5], stories[200], stories[201], stories[200], stories[59]]
+    (ds / "train.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in train))
+    (ds / "validation.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in val))
+    r = _cli(["--hf_dataset", ds, "--num_stories", 1000, "--out_dir", "out", "--num_proc", 1], tmp_path,
+             HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr
+    tr, va, meta = _split_stories(tmp_path / "out")
+    assert tr == stories[:60] and va == stories[200:202]
+    assert meta["duplicates_dropped"] == 10 + 3 and "dropped 13 exact duplicate stories" in r.stdout
+
+
+# -----------------------------------------------------------------------------
+# .json arrays stream: one record at a time, never the whole file in memory
+
+
+def _json_value(rng, depth=0):
+    """A random JSON value with the awkward parts: escapes, surrogate pairs, numbers like 1e-07."""
+    r = rng.random()
+    if depth > 2 or r < 0.3:
+        return rng.choice([0, -12, 3.5e10, 1e-7, True, False, None, "", 'a"b\\c\n', "caf\u00e9 \U0001F600 \u2019"])
+    if r < 0.6:
+        return {"text": "x" * int(rng.integers(0, 30)) + "\U0001F600", "n": _json_value(rng, depth + 1)}
+    return [_json_value(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))]
+
+
+def test_json_array_matches_json_loads_at_any_chunk_size():
+    # tiny chunks cut every value, string, escape and number at every possible place
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        values = [_json_value(rng) for _ in range(int(rng.integers(0, 6)))]
+        text = json.dumps(values, indent=[None, 1][trial % 2], ensure_ascii=trial % 3 == 0)
+        if trial % 2:  # every other one corrupted: a character deleted, or the text cut short
+            i = int(rng.integers(1, len(text)))
+            text = text[:i] + (text[i + 1:] if trial % 4 == 1 else "")
+        try:
+            expected = json.loads(text)
+        except json.JSONDecodeError as e:
+            expected = f"line {e.lineno} column {e.colno} ("
+        for chunk in (1, 2, 3, 7, 64):
+            try:
+                got = list(pt.json_array(io.StringIO(text), "x.json", chunk_chars=chunk))
+            except pt.DataError as e:
+                assert isinstance(expected, str) and "\n" not in str(e), (text, chunk, str(e))
+                assert str(e).startswith("x.json: not valid JSON at " + expected), (text, chunk, str(e), expected)
+            else:
+                assert got == expected, (text, chunk)
+
+
+@pytest.mark.parametrize("chunk", [5, 1 << 20])
+def test_json_arrays_of_strings_and_stories(tmp_path, monkeypatch, stories, chunk):
+    monkeypatch.setattr(pt, "JSON_CHUNK_CHARS", chunk, raising=False)
+    some = stories[:30] + ["a story with a literal <|endoftext|> and \u2019 and \U0001F600 in it"]
+    strings, records = tmp_path / "strings.json", tmp_path / "records.json"
+    strings.write_text(json.dumps([" " + s + "\n" for s in some] + ["   "], indent=2), encoding="utf-8")
+    records.write_text(json.dumps([{"story": s, "n": i} for i, s in enumerate(some)], ensure_ascii=False),
+                       encoding="utf-8")
+    assert list(pt.read_stories(strings)) == some == list(pt.read_stories(records))
+    (tmp_path / "mixed.json").write_text('[{"story": "ok"},\n "ok too",\n 12]')
+    with pytest.raises(pt.DataError, match=r"mixed.json: record 2: no 'text' or 'story' string field"):
+        list(pt.read_stories(tmp_path / "mixed.json"))
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_malformed_json_array_is_a_one_line_error(tmp_path, capsys, monkeypatch, stories, chunk):
+    monkeypatch.setattr(pt, "JSON_CHUNK_CHARS", chunk)
+    lines = [json.dumps({"text": s}) + "," for s in stories[:200]]
+    lines[150] = lines[150].replace('"}', '" "x"}')  # a record broken deep inside the file
+    text = "[\n" + "\n".join(lines)[:-1] + "\n]\n"
+    (tmp_path / "bad.json").write_text(text)
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    e = expected.value
+    assert e.lineno == 152  # line 1 is "[", record 150 is on line 152
+    with pytest.raises(SystemExit):
+        run(["--source", tmp_path / "bad.json", "--out_dir", tmp_path / "out", "--num_proc", 1])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'bad.json'}: not valid JSON at line 152 column {e.colno} ({e.msg})"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_json_array_streams_in_bounded_memory(tmp_path):
+    # a ~70 MB array on one line (as json.dump writes it): json.load holds the text and all the records,
+    # > 2x the file size; streaming holds about one 1M-character chunk. Bound: 24 MB over the baseline.
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc (Linux) to read the process's memory")
+    n, path = 100_000, tmp_path / "big.json"
+    story = "once upon a time, a little cat named tom went to the park with his red ball. " * 9
+    with open(path, "w") as f:
+        f.write("[" + ", ".join(json.dumps({"text": f"{i} {story}", "id": i}) for i in range(n)) + "]")
+    size_mb = path.stat().st_size / 2 ** 20
+    assert size_mb > 65
+    code = (
+        "import sys, re\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import prepare_tinystories as pt\n"
+        "kb = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+        "before = kb('VmRSS')\n"
+        f"stories = sum(1 for s in pt.read_stories({str(path)!r}) if s.endswith('ball.'))\n"
+        "print(stories, (kb('VmHWM') - before) / 1024)\n")  # VmHWM: the peak, >= anything allocated here
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    stories, peak_mb = r.stdout.split()
+    assert int(stories) == n
+    print(f"{size_mb:.0f} MB .json array: peak RSS {float(peak_mb):.1f} MB over the baseline")
+    assert float(peak_mb) < 24, f"reading a {size_mb:.0f} MB .json array took {peak_mb} MB"

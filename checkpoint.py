@@ -1,0 +1,98 @@
+"""
+Checkpoints in one place: train.py writes and resumes them; generate.py, export_rwkv.py and the benchmarks read them.
+
+A checkpoint is out_dir/<name>.pt, a torch.save'd dict with nanoGPT's keys:
+    model        the state dict (keys as model.py names them)
+    model_args   the GPTConfig fields, so the model can be rebuilt without its config file
+    optimizer, iter_num, best_val_loss (cross-entropy), config
+plus what an exact resume needs: rng_state (the batch sampler's generator state) and torch_rng_state
+(dropout; cuda_rng_state on GPU), each a (world_size, n) uint8 tensor with one row per DDP process.
+Files are written to a temp file, fsynced and renamed, so a crash mid-save leaves the previous one intact,
+and read with weights_only=True (a checkpoint cannot run code).
+"""
+
+import os
+import re
+
+import torch
+
+from model import GPTConfig, build_model
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not for this model.py (the message is one line)."""
+
+
+def checkpoint_path(out_dir, name):
+    """out_dir/<name>.pt; name may be given with or without .pt."""
+    return os.path.join(out_dir, name.removesuffix(".pt") + ".pt")
+
+
+def checkpoint_names(out_dir):
+    """The checkpoint names (no .pt) in out_dir: ckpt, then ckpt-<iter> by iteration, then any other."""
+    try:
+        names = [f[:-3] for f in os.listdir(out_dir) if f.endswith(".pt")]
+    except OSError:
+        return []
+
+    def order(name):
+        numbered = re.fullmatch(r"ckpt-(\d+)", name)
+        return name != "ckpt", int(numbered[1]) if numbered else float("inf"), name
+
+    return sorted(names, key=order)
+
+
+def one_line(e):
+    """An exception as a short single line, for error messages."""
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:200] + '...' if len(msg) > 200 else msg}"
+
+
+def load_checkpoint(path, device="cpu", mmap=False):
+    """The checkpoint dict at path; CheckpointError if it is missing or not a MicroRWKV checkpoint.
+    mmap=True reads only the tensors that are used (not the optimizer state, twice the model's size)."""
+    if not os.path.isfile(path):
+        out_dir, name = os.path.split(path)
+        found = ", ".join(checkpoint_names(out_dir or ".")) or "none (train one with `python train.py`)"
+        raise CheckpointError(f"no checkpoint '{name.removesuffix('.pt')}' in {out_dir}; found: {found}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except Exception as e:  # torch.load raises many types for a file that is not a torch zip archive
+        raise CheckpointError(f"{path} is not a MicroRWKV checkpoint ({one_line(e)})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+            or not isinstance(ckpt.get("model_args"), dict):
+        raise CheckpointError(f"{path} is not a MicroRWKV checkpoint (no 'model' and 'model_args' entries)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, path="checkpoint", **overrides):
+    """The model that a checkpoint describes, with its weights (overrides: GPTConfig fields, e.g. dropout)."""
+    try:
+        model = build_model(GPTConfig(**{**ckpt["model_args"], **overrides}))
+        # checkpoints of a torch.compile'd model, written by other tools, prefix every key
+        model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} does not match this model.py ({one_line(e)})") from None
+    return model
+
+
+def save_checkpoint(path, ckpt):
+    """torch.save(ckpt) to path atomically: a temp file, fsynced, then renamed over the old one."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_rows(state, world_size, rank):
+    """This process's row of a (world_size, n) RNG state tensor from a checkpoint, or None if it was saved
+    by another number of processes (or not at all)."""
+    if state is None:
+        return None
+    if state.dim() == 1 and world_size == 1:  # written by an older single-process train.py
+        return state.cpu()
+    if state.dim() == 2 and state.shape[0] == world_size:
+        return state[rank].cpu().clone()  # a tensor of its own: set_rng_state reads its storage
+    return None

@@ -1,0 +1,149 @@
+"""ablate.py end to end on a tiny model: 2 variants x 2 seeds, 2 at a time, on a synthetic corpus; then the
+same command again (everything is skipped), a reference row, and the one-line errors of bad input."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import ablate  # noqa: E402  (importing it runs nothing)
+
+# tiny runs: 2 steps of 2 x 16 tokens, one 32-wide layer, an evaluation of 1 batch after every step
+TINY = ["--max_iters=2", "--n_layer=1", "--n_embd=32", "--head_size=16", "--n_head=2", "--block_size=16",
+        "--batch_size=2", "--eval_iters=1", "--eval_interval=1", "--log_interval=1", "--warmup_iters=1"]
+
+
+def run_ablate(*args, timeout=120):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(ROOT / "ablate.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def table_rows(md):
+    """First cells of the markdown table's body rows."""
+    lines = [l for l in md.splitlines() if l.startswith("| ") and not l.startswith("| ---")]
+    return [l.split("|")[1].strip() for l in lines[1:]]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ablate")
+    data = tmp / "data"
+    prep = subprocess.run([sys.executable, str(ROOT / "prepare_tinystories.py"), "--synthetic", "200", "--out_dir",
+                           str(data), "--num_proc", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert prep.returncode == 0, prep.stderr
+    out = tmp / "out"
+    args = ["--variants", "rwkv,gpt", "--seeds", "11,12", "--out_dir", out, "--device", "cpu", "--parallel", "2",
+            f"--data_dir={data}", *TINY]
+    first = run_ablate(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    return tmp, out, args, first
+
+
+def test_sweep_table_and_runs(sweep):
+    tmp, out, _, first = sweep
+    assert "4 to run, 0 already complete" in first.stdout
+    assert "ran 4, skipped 0, failed 0" in first.stdout
+    assert "2 at a time, 1 thread(s) each on cpu" in first.stdout
+    md = (out / "ablate_table.md").read_text()
+    assert table_rows(md) == ["rwkv", "gpt"]
+    assert (out / "ablate_val_curves.png").stat().st_size > 0
+    res = json.loads((out / "ablate_runs.json").read_text())
+    rows = {r["name"]: r for r in res["rows"]}
+    assert set(rows) == {"rwkv", "gpt"}
+    for name, row in rows.items():
+        runs = row["runs"]
+        assert [r["seed"] for r in runs] == [11, 12]
+        vals = [r["final_val"] for r in runs]
+        assert all(5 < v < 12 for v in vals)
+        assert vals[0] != vals[1], f"{name}: both seeds gave {vals[0]}"  # the seeds really differ
+        assert row["summary"]["n"] == 2 and row["tokens"] == 2 * 2 * 16
+        assert row["params"] > 0 and row["summary"]["tok_s"] > 0
+        assert [c[0] for c in runs[0]["curve"]] == [0, 1, 2]  # iter 0, every step, the end
+        run_dir = out / name / "seed11"
+        assert (run_dir / "train.log").exists() and not list(run_dir.glob("ckpt*.pt"))  # checkpoints removed
+        assert "--seed=11" in json.loads((run_dir / "ablate_run.json").read_text())["args"]
+    assert rows["gpt"]["summary"]["mean"] != rows["rwkv"]["summary"]["mean"]
+
+
+def test_second_invocation_skips_everything(sweep):
+    tmp, out, args, _ = sweep
+    metrics = sorted(out.glob("*/seed*/metrics.jsonl"))
+    assert len(metrics) == 4
+    before = {p: p.stat().st_mtime_ns for p in metrics}
+    ref = tmp / "ref.json"
+    ref.write_text(json.dumps({"how": "made elsewhere", "params": 1234567, "runs": [
+        {"seed": 11, "final_val": 9.5, "tok_s": 100.0, "curve": [[0, 0, 0.0, 10.9, 10.9], [2, 64, 0.4, 9.6, 9.5]]},
+        {"seed": 12, "final_val": 9.7, "tok_s": 110.0, "curve": [[0, 0, 0.0, 10.9, 10.9], [2, 64, 0.5, 9.8, 9.7]]}]}))
+    assets = tmp / "assets"
+    again = run_ablate(*args, "--reference", f"nano={ref}", "--wall_clock", "0.2", "--assets", assets)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 to run, 4 already complete (skipped)" in again.stdout
+    assert "ran 0, skipped 4, failed 0" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in metrics} == before  # no run was touched
+    md = (assets / "ablate_table.md").read_text()
+    assert table_rows(md) == ["rwkv", "gpt", "nano"]
+    nano = [l for l in md.splitlines() if l.startswith("| nano ")][0]
+    assert "9.6000 ± 0.1414" in nano and "1.23M" in nano and "made elsewhere" in nano
+    assert "val @ 0.2 train s" in md
+    assert {p.name for p in assets.iterdir()} == set(ablate.OUTPUTS)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variants", "rwkv,nope"], "unknown variant 'nope'"),
+    (["--variants", "rwkv", "--seeds", "1,x"], "--seeds must be comma-separated integers"),
+    (["--variants", "rwkv", "--seeds", "1,1"], "--seeds must be distinct"),
+    (["--variants", "rwkv", "--reference", "nano=/no/such/file.json"], "no such file"),
+    (["--variants", "rwkv", "--reference", "just-a-path.json"], "expects NAME=PATH"),
+    (["--variants", "rwkv", "--recipe", "/no/such/recipe.py"], "recipe not found"),
+    (["--variants", "rwkv", "--seed=3"], "set per run by ablate.py"),
+    (["--variants", "rwkv", "stray"], "unexpected argument 'stray'"),
+    ([], "--variants is required"),
+])
+def test_bad_input_is_one_line(args, message):
+    res = run_ablate(*args)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    assert res.stdout == ""
+
+
+def test_bad_reference_json(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"how": "x", "runs": [{"seed": 1}]}))
+    res = run_ablate("--variants", "rwkv", "--reference", f"r={bad}")
+    assert res.returncode != 0 and re.match(r"^error: .*numeric 'final_val'$", res.stderr.strip())
+
+
+def test_unfinished_run_is_not_complete(tmp_path):
+    """An interrupted run (no final evaluation yet) is run again; a finished one is skipped."""
+    rows = [{"iter": 0, "eval_train": 10.9, "eval_val": 10.9, "tokens": 0},
+            {"iter": 10, "train_loss": 9.0, "aux_loss": 0.0, "tok_s": 100.0, "dt_ms": 10.0, "tokens": 100, "elapsed_s": 2.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"iter": 20, "tra')
+    assert not ablate.is_complete(tmp_path, 20)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write("\n" + json.dumps({"iter": 20, "eval_train": 8.0, "eval_val": 8.5, "tokens": 200}) + "\n")
+    assert ablate.is_complete(tmp_path, 20)
+
+
+def test_training_seconds_leave_out_evaluations():
+    # steps of 1 s; the evaluations at iters 0 and 20 add 5 s each to the intervals that hold them
+    steps = [{"iter": i, "train_loss": 1.0, "tok_s": 1.0, "dt_ms": 1000.0, "elapsed_s": e}
+             for i, e in ((10, 15.0), (20, 25.0), (30, 40.0), (40, 50.0))]
+    evals = [{"iter": 0, "eval_val": 1.0, "eval_train": 1.0}, {"iter": 20, "eval_val": 1.0, "eval_train": 1.0}]
+    assert ablate.training_seconds(steps, evals) == [(0, 0.0), (10, 10.0), (20, 20.0), (30, 30.0), (40, 40.0)]
+    assert ablate.interp([0.0, 10.0, 20.0], [3.0, 2.0, 1.0], 15.0) == 1.5
+    assert ablate.interp([0.0, 10.0], [3.0, 2.0], 99.0) == 2.0  # finished sooner: its final loss
+
+
+def test_variants_are_train_overrides():
+    """Every variant's keys are GPTConfig or train.py keys (or the ones the issue adds), with a comment."""
+    docs = ablate.variant_docs()
+    for name, overrides in ablate.VARIANTS.items():
+        assert docs.get(name), f"{name} has no one-line comment"
+        assert all(re.fullmatch(r"[a-z_0-9]+", k) for k in overrides)
