@@ -627,6 +627,7 @@ def main(argv=None):
               + (f"; {args.parallel} at a time" + (f", {threads} thread(s) each" if threads else "") + f" on {args.device}"
                  if jobs else ""), flush=True)
         if jobs:
+            jobs.sort(key=lambda job: seeds.index(job["seed"]))  # seed by seed: a cut-short sweep has every variant once
             sweep = Sweep(jobs, args.parallel, args.keep_ckpt)
             try:
                 sweep.run()

@@ -86,13 +86,28 @@ def save_checkpoint(path, ckpt):
     os.replace(tmp, path)
 
 
-def rng_rows(state, world_size, rank):
-    """This process's row of a (world_size, n) RNG state tensor from a checkpoint, or None if it was saved
-    by another number of processes (or not at all)."""
-    if state is None:
-        return None
-    if state.dim() == 1 and world_size == 1:  # written by an older single-process train.py
-        return state.cpu()
-    if state.dim() == 2 and state.shape[0] == world_size:
-        return state[rank].cpu().clone()  # a tensor of its own: set_rng_state reads its storage
-    return None
+def rng_states(sampler, device):
+    """This process's RNG states: the batch sampler's generator, torch's CPU RNG (dropout) and CUDA's."""
+    states = {"rng_state": sampler.get_state(), "torch_rng_state": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        states["cuda_rng_state"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_rng_states(ckpt, sampler, device, world_size, rank):
+    """Set this process's RNGs from its rows of the checkpoint's (world_size, n) states. Returns False (and
+    changes nothing) if the checkpoint holds no sampler state for this number of processes."""
+    rows = {}
+    for key, state in ((k, ckpt.get(k)) for k in ("rng_state", "torch_rng_state", "cuda_rng_state")):
+        if state is not None and state.dim() == 1 and world_size == 1:  # written by an older train.py
+            state = state.unsqueeze(0)
+        if state is not None and state.dim() == 2 and state.shape[0] == world_size:
+            rows[key] = state[rank].cpu().clone()  # a tensor of its own: set_rng_state reads its storage
+    if "rng_state" not in rows:
+        return False
+    sampler.set_state(rows["rng_state"])
+    if "torch_rng_state" in rows:
+        torch.set_rng_state(rows["torch_rng_state"])
+    if "cuda_rng_state" in rows and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(rows["cuda_rng_state"], device)
+    return True

@@ -54,6 +54,7 @@ class GPTConfig:
     init_scheme: str = "gpt2"  # "gpt2": normal(0.02), scaled residual projections | "rwkv": RWKV's per-parameter init
     ln_emb: bool = True  # MicroRWKV: LayerNorm on the token embedding (RWKV's ln0)
     learned_pos: bool = False  # MicroRWKV: add a learned position embedding (wpe), as nanoGPT does
+    rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunk_len 16 is fastest)
 
     def __post_init__(self):
         """Refuse an impossible architecture here, with the fields to change, not deep inside a block."""
@@ -76,6 +77,7 @@ class GPTConfig:
                  f"{math.gcd(self.n_embd, 64)})")
             need(self.cmix_mult > 0, f"cmix_mult={self.cmix_mult} must be > 0")
             need(self.init_scheme in ("gpt2", "rwkv"), f"init_scheme={self.init_scheme!r} must be 'gpt2' or 'rwkv'")
+            need(self.rwkv_version in ("x051a", "x070"), f"rwkv_version={self.rwkv_version!r} must be 'x051a' or 'x070'")
             if attention and self.n_head >= 1 and self.n_embd % self.n_head == 0:
                 need(self.n_embd // self.n_head % 2 == 0,
                      f"n_embd // n_head = {self.n_embd // max(self.n_head, 1)} must be even (rotary positions)")
@@ -194,11 +196,12 @@ class TimeMix(nn.Module):
         y = y.view(B, T, H * N).to(g.dtype) * g
         return self.dropout(self.output(y))
 
-    def forward(self, x, state=None):
-        """Parallel (chunked) form over x (B, T, C), starting from `state` (None = empty context)."""
+    def forward(self, x, state=None, v_first=None):
+        """Parallel (chunked) form over x (B, T, C), starting from `state` (None = empty context). v_first
+        (RWKV-7's value residual) passes through unused, so both versions are called alike."""
         B, T, C = x.shape
         if T == 1 and state is not None:
-            return self.step(x, state)
+            return self.step(x, state, v_first)
         H, N = self.n_head, self.head_size
         x_prev, S = (None, None) if state is None else state
         r, k, v, g = self._projections(x, x_prev)
@@ -220,7 +223,7 @@ class TimeMix(nn.Module):
                 y, S = self._chunked(rc, kc, vc, S, log_w, u)
                 ys.append(y.reshape(B, H, n_chunks * length, N))
         y = torch.cat(ys, dim=2) if len(ys) > 1 else ys[0]
-        return self._output(y, g), TimeMixState(last_token(x), S)
+        return self._output(y, g), TimeMixState(last_token(x), S), v_first
 
     @staticmethod
     def _chunked(r, k, v, S, log_w, u):
@@ -246,7 +249,7 @@ class TimeMix(nn.Module):
         y = y + (r * torch.exp(lw * t).view(1, -1, 1, L, 1)) @ states
         return y, S
 
-    def step(self, x, state=None):
+    def step(self, x, state=None, v_first=None):
         """Recurrent form: one token x (B, 1, C); the same function as forward() with T = 1."""
         B, _, C = x.shape
         H, N = self.n_head, self.head_size
@@ -259,7 +262,7 @@ class TimeMix(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             y = (r.unsqueeze(-2) @ (S + self.time_faaaa.float().unsqueeze(-1) * kv)).view(B, H, 1, N)
         S = w * S + kv
-        return self._output(y, g), TimeMixState(last_token(x), S)
+        return self._output(y, g), TimeMixState(last_token(x), S), v_first
 
     def flops(self, T):
         """Forward FLOPs per token of the chunked form: the five projections; per head, inside a chunk of
@@ -318,6 +321,345 @@ class ChannelMix(nn.Module):
         nn.init.orthogonal_(self.key.weight, gain=1.0)
         nn.init.zeros_(self.receptance.weight)
         nn.init.zeros_(self.value.weight)
+
+
+# ----------------------------------------------------------------------------------------------------
+# RWKV-7 blocks ("x070", rwkv_version="x070"): parameter names and shapes are the official ones (RWKV-LM's
+# v7 trainer, the `rwkv` runtime), so export_rwkv.py only renames the prefixes.
+
+
+# -log(w) = exp(-0.5) * sigmoid(.): every per-token decay w lies in (exp(-0.606531), 1) = (0.545, 1). The
+# runtime rounds exp(-0.5) to 0.606531; so do we, to match it bit for bit where we can.
+DECAY_SCALE = 0.606531
+
+
+def lora_dim(C, factor):
+    """The reference's suggested LoRA rank: factor * sqrt(C), rounded to a multiple of 32, at least 32."""
+    return max(32, int(round(factor * C ** 0.5 / 32) * 32))
+
+
+def ortho_(w, scale):
+    """Orthogonal init as the reference's ortho_init: tall matrices get gain sqrt(rows / cols) first."""
+    rows, cols = w.shape
+    gain = math.sqrt(rows / cols) if rows > cols else 1.0
+    return nn.init.orthogonal_(w, gain=gain * scale)
+
+
+def pair_scores(queries, keys, g, sub):
+    """scores[..., t, q, i, j] = sum_n queries[t, q, n] exp(g_t - g_i)[n] keys[i, j, n] for i <= t, else 0.
+
+    queries, keys: (..., L, Q, N) and (..., L, J, N); g: (..., L, N) non-increasing along L (cumulative
+    log-decays). Every exponent evaluated is a later g minus an earlier one (g_t - g_i, g_t - rho, rho - g_i,
+    below), so it is <= 0: nothing can overflow, however strong the decay. Materialising exp(g_t - g_i) for all L x L
+    pairs would cost L^2 N per chunk, so the chunk is cut into nb = L / sub blocks of `sub` tokens:
+      - pairs inside a block: exp(g_t - g_i) explicitly, nb blocks x sub^2 pairs x N;
+      - query block I against an earlier key block J: measured from rho_I, the g just before block I, as
+        (q_t exp(g_t - rho_I)) . (k_i exp(rho_I - g_i)), both exponents <= 0: one small matmul per block pair,
+        nb (nb - 1) / 2 pairs x sub x N.
+    sub ~ sqrt(L) balances the two, for about 1.5 L^1.5 N exponentials and products instead of L^2 N: measured
+    4-7x faster than all pairs at L = 16..64 on CPU (forward + backward). Factorising exp(g_t - g_i) as
+    exp(g_t - g_0) exp(g_0 - g_i) over the whole chunk would be cheaper still, but g_0 - g_i is positive.
+    """
+    *batch, L, Q, N = queries.shape
+    J, nb = keys.shape[-2], L // sub
+    dev = g.device
+    gb = g.unflatten(-2, (nb, sub))  # (..., nb, sub, N)
+    qb, kb = queries.unflatten(-3, (nb, sub)), keys.unflatten(-3, (nb, sub))  # (..., nb, sub, Q|J, N)
+    rho = F.pad(gb[..., :-1, -1, :], (0, 0, 1, 0))  # (..., nb, N): g just before each block (0 before the first)
+
+    # block pairs (I, J), J < I: queries measured from rho_I (g_t <= rho_I inside block I), keys of block J
+    # decayed to rho_I (g_i >= rho_I for every i before block I)
+    I, Jb = torch.tril_indices(nb, nb, -1, device=dev)
+    q_from_rho = qb * torch.exp(gb - rho.unsqueeze(-2)).unsqueeze(-2)  # (..., nb, sub, Q, N)
+    k_to_rho = kb[..., Jb, :, :, :] * torch.exp(rho[..., I, None, :] - gb[..., Jb, :, :]).unsqueeze(-2)  # (.., P, sub, J, N)
+    # (.., P, sub Q, sub J): one (sub Q) x (sub J) block of scores per block pair
+    between = q_from_rho[..., I, :, :, :].flatten(-3, -2) @ k_to_rho.flatten(-3, -2).transpose(-1, -2)
+
+    # inside each block: explicit decays (..., nb, sub, sub, N), exp(-inf) = 0 above the diagonal (masked first)
+    causal = torch.ones(sub, sub, dtype=torch.bool, device=dev).tril().view(sub, sub, 1)
+    inner = torch.exp((gb.unsqueeze(-2) - gb.unsqueeze(-3)).masked_fill(~causal, float("-inf")))
+    k_inner = inner.unsqueeze(-2) * kb.unsqueeze(-4)  # (..., nb, sub_t, sub_i, J, N)
+    within = (qb @ k_inner.flatten(-3, -2).transpose(-1, -2)).flatten(-3, -2)  # (..., nb, sub Q, sub J)
+
+    # the nb x nb grid of (sub Q, sub J) blocks: pairs below the diagonal, own blocks on it, zeros above
+    where = torch.cat([I * nb + Jb, torch.arange(nb, device=dev) * (nb + 1)])
+    blocks = torch.cat([between, within], dim=-3)
+    grid = blocks.new_zeros(*batch, nb * nb, sub * Q, sub * J).index_copy(-3, where, blocks)
+    grid = grid.view(*batch, nb, nb, sub, Q, sub, J).transpose(-5, -4).transpose(-4, -3)  # (..., I, t, q, J, i, j)
+    return grid.reshape(*batch, L, Q, L, J)
+
+
+def sub_block_len(chunk_len):
+    """The block size pair_scores uses inside a chunk: a power of two near sqrt(chunk_len) that divides it."""
+    sub = 1 << max(0, round(math.log2(chunk_len) / 2))
+    while chunk_len % sub:
+        sub //= 2
+    return sub
+
+
+class TimeMix7(nn.Module):
+    """RWKV-7 time mixing: a linear attention whose matrix state per head follows a delta rule with a
+    vector-valued decay (a "diagonal plus low-rank" transition).
+
+    Per head (N = head_size), with column vectors r_t, w_t, k_t, v_t, kk_t, a_t in R^N, w_t in (0.545, 1),
+    |kk_t| = 1, a_t in (0, 1), and the state S in R^{N x N} laid out as the runtime's (value index, key index):
+        recurrent:  S_t = S_{t-1} (diag(w_t) - kk_t (kk_t * a_t)^T) + v_t k_t^T        y_t = S_t r_t
+    i.e. decay each key column, then take a step of size a_t (per channel) that replaces what S stored
+    under the direction kk_t, then write v_t under k_t. Writing z_t = -S_{t-1} kk_t and b_t = kk_t * a_t, the
+    low-rank term is one more rank-1 write z_t b_t^T, so with g_t = sum_{s<=t} log w_s (cumulative in a chunk):
+        parallel:   S_t = S_0 diag(e^{g_t}) + sum_{i<=t} (z_i b_i^T + v_i k_i^T) diag(e^{g_t - g_i})
+                    y_t = S_t r_t        z_t = -S_{t-1} kk_t     (only z is implicit: a triangular system)
+    Inside a chunk of L tokens the z_t solve a unit lower-triangular L x L system (the WY / UT representation
+    of the product of the transitions), so the chunk is a handful of matmuls and one triangular solve; only
+    the N x N state crosses chunk boundaries. Decays stay in log space: every exponent is a difference
+    g_t - g_i with i <= t, never positive, so nothing overflows however fast or slow the decays are.
+
+    The output is GroupNorm'ed per head, plus a "bonus" ((r_t * k_t * r_k).sum() v_t) for the current token,
+    times a LoRA gate g, then projected. Inputs come from token-shifted mixes lerp(x_t, x_{t-1}, x_*).
+        w_t = exp(-0.606531 sigmoid(w0 + tanh(x_w W1) W2))      a_t = sigmoid(a0 + x_a A1 A2)
+        kk_t = normalize(k_t * k_k) per head                   k_t <- k_t (1 + (a_t - 1) k_a)
+        v_t <- v_t + (v_first_t - v_t) sigmoid(v0 + x_v V1 V2)   (layers > 0; layer 0's v is v_first)
+        g_t = sigmoid(x_g G1) G2
+    State: TimeMixState(x_prev (B, C), S (B, H, N, N) in float32). v_first is not state: layer 0 computes it
+    for the tokens at hand and every later layer reads it.
+    """
+
+    def __init__(self, config, layer_id):
+        super().__init__()
+        C, N = config.n_embd, config.head_size
+        self.layer_id, self.n_layer = layer_id, config.n_layer
+        self.n_head, self.head_size, self.chunk_len = C // N, N, config.chunk_len
+        self.sub_len = sub_block_len(config.chunk_len)
+        H = self.n_head
+
+        # token-shift mixes, decay base, ICL-rate base, value-residual base and the key/bonus scales: (1, 1, C)
+        # and (H, N) as in official checkpoints; init_weights fills them
+        for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k_a"):
+            setattr(self, name, nn.Parameter(torch.empty(1, 1, C)))
+        self.r_k = nn.Parameter(torch.empty(H, N))
+        # LoRAs: x @ W1 @ W2 with the rank the reference derives from C. Layer 0 has v0/v1/v2 too (unused,
+        # like the runtime's): official checkpoints carry them, so state dicts load without renaming.
+        D_decay, D_aaa, D_mv, D_gate = lora_dim(C, 2.5), lora_dim(C, 2.5), lora_dim(C, 1.7), lora_dim(C, 5)
+        for prefix, D in (("w", D_decay), ("a", D_aaa), ("v", D_mv), ("g", D_gate)):
+            setattr(self, prefix + "1", nn.Parameter(torch.empty(C, D)))
+            setattr(self, prefix + "2", nn.Parameter(torch.empty(D, C)))
+
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+        self.ln_x = nn.GroupNorm(H, C, eps=64e-5)  # the reference's eps: (1e-5 * head_size_divisor 8 ** 2)
+        self.dropout = nn.Dropout(config.dropout)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        """The reference's init: RWKV-LM v7's RWKV_Tmix_x070.__init__, with the Linear weights and ln_x as its
+        trainer's generate_init_weight leaves them (what official x070 runs start from)."""
+        C, N, H, L, l = self.n_head * self.head_size, self.head_size, self.n_head, self.n_layer, self.layer_id
+        ratio_0_to_1 = l / max(L - 1, 1)
+        ratio_1_to_almost0 = 1.0 - l / L
+        ddd = (torch.arange(C) / C).view(1, 1, C)
+        # early layers and low channels mix in more of the previous token
+        for name, power in (("x_r", 0.2), ("x_w", 0.9), ("x_k", 0.7), ("x_v", 0.7), ("x_a", 0.9), ("x_g", 0.2)):
+            getattr(self, name).copy_(1.0 - ddd.pow(power * ratio_1_to_almost0))
+        n = torch.arange(C, dtype=torch.float32)
+        linear = n / (C - 1) - 0.5  # -0.5 .. 0.5 across channels
+        zigzag = ((n % N) - (N - 1) / 2) / ((N - 1) / 2)  # -1 .. 1 within each head, squared-signed
+        zigzag = zigzag * zigzag.abs()
+        # decay base from fast (-6 + 0.5 - 2.5) to slow channels, slower in deeper layers; a zigzag gives every
+        # head both fast and slow channels
+        www = -6 + 6 * (n / (C - 1)).pow(1 + ratio_0_to_1 ** 0.3)
+        self.w0.copy_((www + 0.5 + zigzag * 2.5).view(1, 1, C))
+        self.a0.copy_((-0.19 + zigzag * 0.3 + linear * 0.4).view(1, 1, C))
+        self.v0.copy_((0.73 - linear * 0.4).view(1, 1, C))
+        self.k_k.copy_((0.71 - linear * 0.1).view(1, 1, C))
+        self.k_a.fill_(1.02)
+        self.r_k.fill_(-0.04)
+        # LoRAs start as constants (first factor zero) with a small orthogonal second factor, so the gradient
+        # reaches the first factor from step one
+        for prefix in "wavg":
+            nn.init.zeros_(getattr(self, prefix + "1"))
+            ortho_(getattr(self, prefix + "2"), 0.1)
+        ortho_(self.receptance.weight, 1.0)
+        ortho_(self.key.weight, 0.1)
+        ortho_(self.value.weight, 1.0)
+        nn.init.zeros_(self.output.weight)  # each residual branch starts as the identity
+        self.ln_x.weight.fill_(((1 + l) / L) ** 0.7)
+        nn.init.zeros_(self.ln_x.bias)
+
+    def _projections(self, x, x_prev, v_first):
+        """Everything per token: r, log w, k, v, kk, a (B, H, T, N) in the compute dtype, g, and v_first."""
+        B, T, C = x.shape
+        H, N = self.n_head, self.head_size
+        shifted = token_shift(x, x_prev)
+        xr, xw, xk, xv, xa, xg = (torch.lerp(x, shifted, m) for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)  # in autocast's dtype, if on
+        w_lora = torch.tanh(xw @ self.w1) @ self.w2
+        a_lora = (xa @ self.a1) @ self.a2
+        v_lora = (xv @ self.v1) @ self.v2 if self.layer_id > 0 else None
+        g = torch.sigmoid(xg @ self.g1) @ self.g2
+        # from here on: float32 (float64 if x is), whatever autocast says: decays, the normalisation of kk
+        # and the state are all sensitive to rounding
+        dt = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            r, k, v = r.to(dt), k.to(dt), v.to(dt)
+            log_w = -DECAY_SCALE * torch.sigmoid(self.w0.to(dt) + w_lora.to(dt))  # log of the decay, in (-0.61, 0)
+            a = torch.sigmoid(self.a0.to(dt) + a_lora.to(dt))
+            kk = F.normalize((k * self.k_k.to(dt)).view(B, T, H, N), dim=-1).view(B, T, C)
+            k = k * (1 + (a - 1) * self.k_a.to(dt))
+            if self.layer_id == 0:
+                v_first = v
+            else:
+                assert v_first is not None, "layers > 0 need layer 0's v_first"
+                v = v + (v_first.to(dt) - v) * torch.sigmoid(self.v0.to(dt) + v_lora.to(dt))
+        heads = lambda t: t.view(B, T, H, N).transpose(1, 2)
+        return heads(r), heads(log_w), heads(k), heads(v), heads(kk), heads(a), g, v_first
+
+    def _output(self, y, r, k, v, g):
+        """GroupNorm per head, the current token's bonus, the gate and the output projection."""
+        B, H, T, N = y.shape
+        with torch.autocast(y.device.type, enabled=False):
+            ln = self.ln_x
+            y = y.transpose(1, 2).reshape(B * T, H * N)
+            y = F.group_norm(y, H, ln.weight.to(y.dtype), ln.bias.to(y.dtype), ln.eps)  # in float32 even with bf16 params
+            bonus = (r * k * self.r_k.to(y.dtype).view(1, H, 1, N)).sum(-1, keepdim=True) * v  # (B, H, T, N)
+            y = y.view(B, T, H * N) + bonus.transpose(1, 2).reshape(B, T, H * N)
+            y = (y * g.to(y.dtype)).to(g.dtype)
+        return self.dropout(self.output(y))
+
+    def forward(self, x, state=None, v_first=None):
+        """Parallel (chunked) form over x (B, T, C) from `state` (None = empty context).
+        Returns (y, (x_prev, S), v_first); a single token with a state takes the recurrent step."""
+        if x.shape[1] == 1 and state is not None:
+            return self.step(x, state, v_first)
+        B, T, C = x.shape
+        H, N = self.n_head, self.head_size
+        x_prev, S = (None, None) if state is None else state
+        r, log_w, k, v, kk, a, g, v_first = self._projections(x, x_prev, v_first)
+        dt = r.dtype
+        S = r.new_zeros(B, H, N, N) if S is None else S  # float32 (float64 for float64 x)
+        with torch.autocast(x.device.type, enabled=False):
+            L = min(self.chunk_len, -(-T // self.sub_len) * self.sub_len)  # short inputs: one chunk, just long enough
+            y, S_out = self._chunked(r, log_w, k, v, -kk, kk * a, S.to(dt), L, self.sub_len)
+        return self._output(y, r, k, v, g), TimeMixState(last_token(x), S_out.to(S.dtype)), v_first
+
+    @staticmethod
+    def _chunked(r, log_w, k, v, alpha, beta, S, L, sub):
+        """The WKV-7 recurrence S_t = S_{t-1} (diag(w_t) + alpha_t beta_t^T) + v_t k_t^T, y_t = S_t r_t, chunk by
+        chunk. r, log_w, k, v, alpha, beta: (B, H, T, N); S: (B, H, N, N) entering the first token; L: chunk
+        length, a multiple of sub (see pair_scores). Returns y (B, H, T, N) and the state after the last token."""
+        B, H, T, N = r.shape
+        pad = -T % L
+        if pad:  # trailing tokens with w = 1 and nothing written or read leave the state as it is
+            r, log_w, k, v, alpha, beta = (F.pad(t, (0, 0, 0, pad)) for t in (r, log_w, k, v, alpha, beta))
+        n = (T + pad) // L
+        r, log_w, k, v, alpha, beta = (t.reshape(B, H, n, L, N) for t in (r, log_w, k, v, alpha, beta))
+
+        # From here on a chunk's vectors are the rows of (L, N) matrices: R, K, V, Z, W, U hold r_t, k_t, ... in row t.
+        g = log_w.cumsum(dim=-2)  # g_t = sum_{s<=t} log w_s within the chunk: 0 >= g_0 >= ... >= g_{L-1}
+        g_prev = F.pad(g[..., :-1, :], (0, 0, 1, 0))  # g_{t-1} (g_{-1} = 0), exactly, not as g_t - log w_t
+        g_end = g[..., -1:, :]  # decay over the whole chunk
+
+        # Pairwise scores within a chunk, sum_n q_t[n] exp(g_t - g_i)[n] key_i[n] for i <= t:
+        #   y_t reads v_i and z_i:  q = r_t at row t, against keys k_i and b_i
+        #   z_t reads v_i and z_i:  alpha_t meets S_{t-1}, so q = alpha_{t+1} at row t, shifted down a row after
+        #                           (row t - 1 holds exp(g_{t-1} - g_i) for i <= t - 1: the strict mask for free)
+        alpha_next = F.pad(alpha[..., 1:, :], (0, 0, 0, 1))
+        scores = pair_scores(torch.stack([r, alpha_next], dim=-2), torch.stack([k, beta], dim=-2), g, sub)
+        r_k, r_b = scores[..., 0, :, 0], scores[..., 0, :, 1]  # (B, H, n, L, L): [t, i]
+        a_k, a_b = (F.pad(scores[..., :-1, 1, :, j], (0, 0, 1, 0)) for j in (0, 1))
+
+        # z_t = S_0 (alpha_t e^{g_{t-1}}) + sum_{i<t} a_b[t, i] z_i + a_k[t, i] v_i: a unit lower-triangular system
+        # (I - a_b) Z = (alpha e^{g_prev}) S_0^T + a_k V. Solve it once for both right-hand sides, so that
+        # Z = W S_0^T + U with W, U independent of the state (the WY / UT transform): every chunk in parallel.
+        eye = torch.eye(L, dtype=r.dtype, device=r.device)
+        rhs = torch.cat([alpha * torch.exp(g_prev), a_k @ v], dim=-1)  # (B, H, n, L, 2N)
+        WU = torch.linalg.solve_triangular(eye - a_b, rhs, upper=False, unitriangular=True)
+        W, U = WU[..., :N], WU[..., N:]
+
+        # y_t = S_0 (r_t e^{g_t}) + sum_{i<=t} r_b[t, i] z_i + r_k[t, i] v_i  =  R S_0^T + Y_intra
+        R = r * torch.exp(g) + r_b @ W  # (B, H, n, L, N): what each token reads from the entering state
+        Y_intra = r_b @ U + r_k @ v  # what it reads from this chunk's own writes
+        # state after the chunk: S_0 diag(e^{g_end}) + Z^T (b e^{g_end - g}) + V^T (k e^{g_end - g})
+        to_end = torch.exp(g_end - g)  # (0, 1]
+        b_end = beta * to_end
+        kv_end = v.transpose(-1, -2) @ (k * to_end)  # (B, H, n, N, N): the chunk's own writes, in parallel
+        decay_end = torch.exp(g_end)  # (B, H, n, 1, N)
+
+        states = []  # the state entering each chunk: a short sequential scan, over chunks, not tokens
+        for W_c, U_c, b_c, kv_c, d_c in zip(*(t.unbind(2) for t in (W, U, b_end, kv_end, decay_end))):
+            states.append(S)  # (unbind, not indexing: autograd then gathers one gradient buffer, not n)
+            Z = U_c + W_c @ S.transpose(-1, -2)  # (B, H, L, N): the chunk's z_t, now that S_0 is known
+            S = S * d_c + kv_c + Z.transpose(-1, -2) @ b_c
+        y = R @ torch.stack(states, dim=2).transpose(-1, -2) + Y_intra
+        return y.reshape(B, H, n * L, N)[:, :, :T], S
+
+    def step(self, x, state=None, v_first=None):
+        """Recurrent form: one token x (B, 1, C); the same function as forward() with T = 1."""
+        B, _, C = x.shape
+        H, N = self.n_head, self.head_size
+        x_prev, S = (None, None) if state is None else state
+        r, log_w, k, v, kk, a, g, v_first = self._projections(x, x_prev, v_first)
+        dt = r.dtype
+        S = r.new_zeros(B, H, N, N) if S is None else S  # float32 (float64 for float64 x)
+        col = lambda t: t.reshape(B, H, N, 1)  # a (B, H, 1, N) token as a column
+        row = lambda t: t.reshape(B, H, 1, N)
+        with torch.autocast(x.device.type, enabled=False):
+            S_ = S.to(dt)
+            S_ = S_ * row(torch.exp(log_w)) + (S_ @ col(-kk)) @ row(kk * a) + col(v) @ row(k)
+            y = (S_ @ col(r)).view(B, H, 1, N)
+        return self._output(y, r, k, v, g), TimeMixState(last_token(x), S_.to(S.dtype)), v_first
+
+    def flops(self, T):
+        """Forward FLOPs per token: the four projections and four LoRAs; per head, in a chunk of L tokens,
+        four L x L score matrices, the triangular solve and four products with them (about 9 L N
+        multiply-adds), and four N x N products with the state (writes, reads and the chunk's z)."""
+        L, N = min(self.chunk_len, T), self.head_size
+        loras = sum(2 * p.numel() for n, p in self.named_parameters() if n[0] in "wavg" and n[1] in "12"
+                    and not (self.layer_id == 0 and n[0] == "v"))
+        return linear_flops(self.receptance, self.key, self.value, self.output) + loras + \
+            self.n_head * (18 * L * N + 8 * N * N)
+
+    def residual_projections(self):
+        return []  # init_weights zeroes the output projection: nothing for GPT-2's scaled init to do
+
+
+class ChannelMix7(nn.Module):
+    """RWKV-7 channel mixing: a token-shifted squared-ReLU feed-forward, 4C wide, without RWKV-5's receptance.
+
+        k_t = relu(W_k lerp(x_t, x_{t-1}, x_k))^2        y_t = W_v k_t
+    Parallel and recurrent forms are the same code: the only state is x_prev (B, C).
+    """
+
+    def __init__(self, config, layer_id):
+        super().__init__()
+        C = config.n_embd
+        self.layer_id, self.n_layer = layer_id, config.n_layer
+        self.x_k = nn.Parameter(torch.empty(1, 1, C))
+        self.key = nn.Linear(C, 4 * C, bias=False)
+        self.value = nn.Linear(4 * C, C, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        """RWKV-LM v7's RWKV_CMix_x070 init, with key/value as generate_init_weight leaves them."""
+        C = self.x_k.shape[-1]
+        ratio_1_to_almost0 = 1.0 - self.layer_id / self.n_layer
+        self.x_k.copy_(1.0 - (torch.arange(C) / C).view(1, 1, C).pow(ratio_1_to_almost0 ** 4))
+        nn.init.orthogonal_(self.key.weight, gain=1.0)
+        nn.init.zeros_(self.value.weight)  # the residual branch starts as the identity
+
+    def forward(self, x, state=None):
+        k = torch.relu(self.key(torch.lerp(x, token_shift(x, state), self.x_k))).square()
+        return self.dropout(self.value(k)), last_token(x)
+
+    def flops(self, T):
+        return linear_flops(self.key, self.value)
+
+    def residual_projections(self):
+        return []  # value starts at zero (init_weights)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -550,15 +892,21 @@ class LanguageModel(nn.Module):
         return n_params
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, decay_time=False):
-        """AdamW; weight decay only on matrices, not on norms, biases or (unless decay_time) the RWKV time_*
-        parameters, whose values are decay rates and mixing ratios rather than weights."""
-        def decayed(name, p):
-            return p.dim() >= 2 and (decay_time or ".time_" not in name)
+        """AdamW. Weight decay only on the weight matrices of Linear layers and embeddings: not on norms,
+        biases, RWKV-7's LoRA factors and r_k (as RWKV-LM's v7 trainer does), nor (unless decay_time) on
+        x051a's time_faaaa, a per-channel bonus. RWKV-7's decay base w0 trains at twice the learning rate, as
+        in the reference: each group's "lr_scale" multiplies the scheduled rate (train.py applies it)."""
+        def group(name, p):
+            if name.endswith(".w0"):
+                return "fast"
+            matrix = p.dim() >= 2 and (name.endswith(".weight") or (decay_time and ".time_" in name))
+            return "decay" if matrix else "plain"
 
         params = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        decay = [p for n, p in params.items() if decayed(n, p)]
-        no_decay = [p for n, p in params.items() if not decayed(n, p)]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        settings = {"decay": (weight_decay, 1.0), "plain": (0.0, 1.0), "fast": (0.0, 2.0)}
+        groups = [{"params": [p for n, p in params.items() if group(n, p) == g], "weight_decay": wd, "lr_scale": scale}
+                  for g, (wd, scale) in settings.items()]
+        groups = [g for g in groups if g["params"]]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
 
     def flops_per_token(self, seq_len):
@@ -613,8 +961,9 @@ class Block(nn.Module):
         super().__init__()
         C, bias = config.n_embd, config.bias
         has_attn = (layer_id + 1) % config.attn_every == 0
-        self.ln_tmix, self.tmix = nn.LayerNorm(C, bias=bias), TimeMix(config, layer_id)
-        self.ln_cmix, self.cmix = nn.LayerNorm(C, bias=bias), ChannelMix(config, layer_id)
+        v7 = config.rwkv_version == "x070"
+        self.ln_tmix, self.tmix = nn.LayerNorm(C, bias=bias), (TimeMix7 if v7 else TimeMix)(config, layer_id)
+        self.ln_cmix, self.cmix = nn.LayerNorm(C, bias=bias), (ChannelMix7 if v7 else ChannelMix)(config, layer_id)
         self.swa = self.gqa = self.moe = None
         if config.use_swa and has_attn:
             self.ln_swa = nn.LayerNorm(C, bias=bias)
@@ -628,10 +977,11 @@ class Block(nn.Module):
     def residual_branches(self):
         return [m for m in (self.tmix, self.cmix, self.swa, self.gqa, self.moe) if m is not None]
 
-    def forward(self, x, state=None):
-        """state: a LayerState (None = empty context). Returns (x, new LayerState, MoE aux loss)."""
+    def forward(self, x, state=None, v_first=None):
+        """state: a LayerState (None = empty context); v_first: layer 0's values (RWKV-7's value residual).
+        Returns (x, new LayerState, MoE aux loss, v_first)."""
         state = state or LayerState()
-        y, tmix = self.tmix(self.ln_tmix(x), state.tmix)
+        y, tmix, v_first = self.tmix(self.ln_tmix(x), state.tmix, v_first)
         x = x + y
         y, cmix = self.cmix(self.ln_cmix(x), state.cmix)
         x = x + y
@@ -646,7 +996,7 @@ class Block(nn.Module):
         if self.moe is not None:
             y, aux_loss = self.moe(self.ln_moe(x))
             x = x + y
-        return x, LayerState(tmix, cmix, swa, gqa, state.pos + x.shape[1]), aux_loss
+        return x, LayerState(tmix, cmix, swa, gqa, state.pos + x.shape[1]), aux_loss, v_first
 
     def flops(self, T):
         return sum(branch.flops(T) for branch in self.residual_branches())
@@ -672,8 +1022,11 @@ class MicroRWKV(LanguageModel):
         branches = [branch for b in self.blocks for branch in b.residual_branches()]
         projections = [p for branch in branches for p in branch.residual_projections()]
         self._init_residual_projections(projections, n_residual=len(branches))
-        if config.init_scheme == "rwkv":
-            for block in self.blocks:
+        for block in self.blocks:
+            if config.rwkv_version == "x070":  # RWKV-7 blocks always start from the reference's init
+                block.tmix.init_weights()
+                block.cmix.init_weights()
+            elif config.init_scheme == "rwkv":
                 block.tmix.rwkv_init()
                 block.cmix.rwkv_init()
 
@@ -683,9 +1036,9 @@ class MicroRWKV(LanguageModel):
             x = x + self.wpe(positions(state, idx.shape[1], self.config.block_size, idx.device))
         x = self.drop(self.ln_in(x))
         state = state or [None] * len(self.blocks)
-        new_state, aux_losses = [], []
+        new_state, aux_losses, v_first = [], [], None
         for block, layer_state in zip(self.blocks, state):
-            x, s, aux = block(x, layer_state)
+            x, s, aux, v_first = block(x, layer_state, v_first)
             new_state.append(s)
             aux_losses.append(aux)
         x = self.ln_f(x)

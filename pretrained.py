@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from data import hub_reachable
 from model import GPT, GPTConfig, LanguageModel, token_shift
-from prepare_tinystories import hub_reachable
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HUB_PREFIXES = ("openai-community/gpt2", "RWKV/rwkv-4-")

@@ -38,8 +38,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint, rng_rows, \
-    save_checkpoint
+from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint, \
+    restore_rng_states, rng_states, save_checkpoint
 from configurator import ConfigError, apply_config, format_help
 from metrics import peak_flops, restart_metrics
 from model import GPTConfig, build_model
@@ -218,7 +218,7 @@ for k in model_keys:  # what follows reads the model's real architecture
 # data: random windows of the token memmaps. Every process draws the same global batch from one seeded
 # generator and takes its own rows, so the batches depend on the seed only, not on the number of processes,
 # and the generator's state in the checkpoint resumes them exactly.
-from prepare_tinystories import DataError, load_tokens  # noqa: E402
+from data import DataError, load_tokens  # noqa: E402
 
 data_dir = data_dir or os.path.join('data', dataset)
 try:
@@ -265,18 +265,10 @@ if checkpoint is not None:
     if 'scaler' in checkpoint and scaler.is_enabled():
         scaler.load_state_dict(checkpoint['scaler'])
     # sampler and dropout RNG of this process: continue exactly where the checkpointed run was
-    sampler = rng_rows(checkpoint.get('rng_state'), ddp_world_size, ddp_rank)
-    if sampler is not None:
-        train_gen.set_state(sampler)
-    else:
+    if not restore_rng_states(checkpoint, train_gen, device, ddp_world_size, ddp_rank):
         if master_process:
             print(f"note: the checkpoint has no sampler state for {ddp_world_size} process(es); reseeding the sampler")
         train_gen.manual_seed(seed + 1_000_003 * iter_num)
-    for key, setter in (('torch_rng_state', torch.set_rng_state),
-                        ('cuda_rng_state', lambda s: torch.cuda.set_rng_state(s, device))):
-        state = rng_rows(checkpoint.get(key), ddp_world_size, ddp_rank)
-        if state is not None and (key == 'torch_rng_state' or device_type == 'cuda'):
-            setter(state)
 checkpoint = None  # free up memory
 
 raw_model = model  # unwrapped, uncompiled: its state_dict keys have no _orig_mod./module. prefix
@@ -393,8 +385,7 @@ run_t0 = time.time()
 local_iter_num = 0  # number of iterations in the lifetime of this process
 while True:
     # RNG state before this step: a checkpoint of the state after iter_num steps resumes from here
-    step_rng = (train_gen.get_state(), torch.get_rng_state(),
-                torch.cuda.get_rng_state(device) if device_type == 'cuda' else None)
+    step_rng = rng_states(train_gen, device)
     # evaluate the loss on train/val sets and write checkpoints (of the state after iter_num steps)
     is_last = iter_num >= max_iters
     if eval_only or ((iter_num % eval_interval == 0 or is_last) and (iter_num > start_iter or iter_num == 0)):
@@ -416,8 +407,7 @@ while True:
     if iter_num > start_iter and (save_latest or save_numbered):
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
             stop_non_finite('parameters')  # never overwrite a good checkpoint with a broken model
-        names = ('rng_state', 'torch_rng_state', 'cuda_rng_state')
-        rng = {k: gather(s) for k, s in zip(names, step_rng) if s is not None}  # every rank calls gather
+        rng = {k: gather(s) for k, s in step_rng.items()}  # a collective: every rank calls it
         if master_process:
             if save_latest or (save_numbered and always_save_checkpoint):
                 last_ckpt = save('ckpt', rng)
@@ -430,7 +420,7 @@ while True:
     t0 = time.time()
     lr = get_lr(iter_num)
     for param_group in optimizer.param_groups:
-        param_group['lr'] = lr
+        param_group['lr'] = lr * param_group.get('lr_scale', 1.0)  # RWKV-7's w0 trains at 2x
 
     # forward backward update, with optional gradient accumulation to simulate larger batch size
     # and using the GradScaler if data type is float16

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import GPT, GPTConfig, ChannelMix, CausalSelfAttention, KVCache, MicroRWKV, TimeMix, TinyMoE, build_model
+from model import GPT, GPTConfig, ChannelMix, ChannelMix7, CausalSelfAttention, MicroRWKV, TimeMix, TimeMix7, TinyMoE, \
+    build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 V = 97  # a small vocabulary keeps the tests fast
@@ -33,6 +34,10 @@ def randomize(module, scale=1.0, seed=0):
     return module.eval()
 
 
+# the three kinds of model: MicroRWKV with RWKV-5 (x051a) or RWKV-7 (x070) blocks, and GPT
+KINDS = {"microrwkv": {}, "microrwkv-x070": {"rwkv_version": "x070"}, "gpt": {"model_type": "gpt"}}
+
+
 def block_output(block, x):
     out = block(x)
     return out[0] if isinstance(out, tuple) else out
@@ -41,6 +46,8 @@ def block_output(block, x):
 BLOCKS = {
     "timemix": lambda c: TimeMix(c, layer_id=1),
     "channelmix": lambda c: ChannelMix(c, layer_id=1),
+    "timemix7": lambda c: TimeMix7(c, layer_id=0),  # layer 0: it makes its own v_first
+    "channelmix7": lambda c: ChannelMix7(c, layer_id=1),
     "swa": lambda c: CausalSelfAttention(c, n_kv_head=c.n_head, window_size=c.window_size),
     "gqa": lambda c: CausalSelfAttention(c, n_kv_head=c.n_kv_head),
     "moe": lambda c: TinyMoE(c),
@@ -63,9 +70,9 @@ def test_block_is_causal_and_keeps_batch_rows_independent(name):
     assert not torch.allclose(y2[1, t], y[1, t]), "the changed token had no effect at all"
 
 
-@pytest.mark.parametrize("model_type", ["microrwkv", "gpt"])
-def test_model_is_causal_and_keeps_batch_rows_independent(model_type):
-    model = randomize(build_model(tiny_config(model_type=model_type)))
+@pytest.mark.parametrize("kind", KINDS)
+def test_model_is_causal_and_keeps_batch_rows_independent(kind):
+    model = randomize(build_model(tiny_config(**KINDS[kind])))
     idx = torch.randint(0, V, (3, 45), generator=torch.Generator().manual_seed(2))
     logits, _ = model(idx, idx)
     t = 30
@@ -109,9 +116,9 @@ def feed(model, idx, pieces):
     return torch.cat(out, dim=1), state
 
 
-@pytest.mark.parametrize("model_type", ["microrwkv", "gpt"])
-def test_recurrent_equals_parallel(model_type):
-    model = randomize(build_model(tiny_config(model_type=model_type)))
+@pytest.mark.parametrize("kind", KINDS)
+def test_recurrent_equals_parallel(kind):
+    model = randomize(build_model(tiny_config(**KINDS[kind])))
     T = 45  # > window_size (8), not a multiple of chunk_len (16)
     idx = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -160,7 +167,7 @@ def test_chunked_timemix_equals_naive_recurrence():
     tm = randomize(TimeMix(config, layer_id=1))
     x = torch.randn(2, 45, config.n_embd)
     with torch.no_grad():
-        y, (_, S) = tm(x)
+        y, (_, S), _ = tm(x)
         y_naive, S_naive = naive_timemix(tm, x)
     assert (y - y_naive).abs().max().item() < 1e-4
     assert (S - S_naive).abs().max().item() < 1e-4
@@ -171,8 +178,8 @@ def test_timemix_state_is_float32_under_bf16_autocast():
     tm = randomize(TimeMix(config, layer_id=0))
     x = torch.randn(1, 20, config.n_embd)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        _, (_, S) = tm(x)
-        _, (_, S_step) = tm.step(x[:, :1], (x[:, 0], S))
+        _, (_, S), _ = tm(x)
+        _, (_, S_step), _ = tm.step(x[:, :1], (x[:, 0], S))
     assert S.dtype == torch.float32 and S_step.dtype == torch.float32
 
 
@@ -221,8 +228,9 @@ def test_moe_router_receives_gradient_and_aux_loss_is_in_the_loss():
         assert block.moe.router.weight.grad.abs().sum() > 0
 
 
-def test_pure_rwkv_and_swa_state_does_not_grow():
-    config = tiny_config(block_size=32, use_gqa=False, use_moe=False)
+@pytest.mark.parametrize("version", ["x051a", "x070"])
+def test_pure_rwkv_and_swa_state_does_not_grow(version):
+    config = tiny_config(block_size=32, use_gqa=False, use_moe=False, rwkv_version=version)
     model = randomize(MicroRWKV(config))
     assert model.blocks[0].swa is not None and model.blocks[0].gqa is None
 
@@ -254,16 +262,16 @@ def test_architecture_switches():
         build_model(tiny_config(model_type="lstm"))
 
 
-@pytest.mark.parametrize("model_type", ["microrwkv", "gpt"])
-def test_generate_prefills_once_then_one_token_per_step(model_type):
-    model = randomize(build_model(tiny_config(model_type=model_type, block_size=32)))
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_prefills_once_then_one_token_per_step(kind):
+    model = randomize(build_model(tiny_config(**KINDS[kind], block_size=32)))
     calls = []
     original = model._forward
     model._forward = lambda idx, state, all_logits: calls.append(idx.shape[1]) or original(idx, state, all_logits)
     prompt = torch.randint(0, V, (2, 5))
     out = model.generate(prompt, max_new_tokens=40, temperature=0)  # 45 tokens > block_size
     assert out.shape == (2, 45) and torch.equal(out[:, :5], prompt)
-    if model_type == "microrwkv":
+    if kind != "gpt":
         assert calls == [5] + [1] * 39
     else:  # learned positions: the cache is re-prefilled with half a block when it is full
         assert calls[0] == 5 and max(calls) <= 16 and len(calls) == 40
@@ -341,8 +349,9 @@ def storage_bytes(state):
     return sum(storages.values())
 
 
-def test_prefill_state_owns_only_its_own_bytes():
-    model = randomize(MicroRWKV(tiny_config(use_gqa=False, use_moe=False)))
+@pytest.mark.parametrize("version", ["x051a", "x070"])
+def test_prefill_state_owns_only_its_own_bytes(version):
+    model = randomize(MicroRWKV(tiny_config(use_gqa=False, use_moe=False, rwkv_version=version)))
     sizes = []
     with torch.no_grad():
         for T in (16, 4096):

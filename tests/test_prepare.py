@@ -1,6 +1,6 @@
-"""Tests of prepare_tinystories.py, offline, on subsets of ../shared/data/tinystories/."""
+"""Tests of prepare_tinystories.py, offline, on subsets of ../shared/data/tinystories/ (its command line end to
+end; the data.py functions it uses are tested on their own in test_data.py)."""
 
-import io
 import json
 import os
 import re
@@ -22,7 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 import tiktoken  # noqa: E402
 
+import data  # noqa: E402
 import prepare_tinystories as pt  # noqa: E402
+from data import load_tokens  # noqa: E402
 
 ENC = tiktoken.get_encoding("r50k_base")
 EOT = 50256
@@ -62,7 +64,7 @@ def test_roundtrip_split_and_counts(tmp_path, stories):
     src = write_raw(tmp_path / "stories.txt", stories)
     out = tmp_path / "out"
     assert run(["--source", src, "--out_dir", out, "--val_fraction", 0.2, "--seed", 7, "--num_proc", 1]) == out
-    train, val, meta = pt.load_tokens(out, vocab_size=50257)
+    train, val, meta = load_tokens(out, vocab_size=50257)
     assert train.dtype == np.uint16 and isinstance(train, np.memmap)
     tr, va = decode(train), decode(val)
     # every story exactly once, none lost or duplicated across the split, order kept within each split
@@ -77,7 +79,7 @@ def test_roundtrip_split_and_counts(tmp_path, stories):
     assert "stories.txt" in meta["source"]
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
     # the split is a function of the seed
-    pick = lambda seed: [s for s, _ in pt.split_by_fraction(iter(stories), 300, 0.2, seed)]  # noqa: E731
+    pick = lambda seed: [s for s, _ in data.split_by_fraction(iter(stories), 300, 0.2, seed)]  # noqa: E731
     assert pick(7) == pick(7) != pick(8)
 
 
@@ -96,7 +98,7 @@ def test_formats_give_identical_tokens(tmp_path, stories):
         run(["--source", src, "--val_source", vsrc, "--out_dir", outs[-1], "--num_proc", 1])
     for name in ("train.bin", "val.bin"):
         assert len({(o / name).read_bytes() for o in outs}) == 1
-    train, val, meta = pt.load_tokens(outs[0])
+    train, val, meta = load_tokens(outs[0])
     assert decode(train) == stories and decode(val) == val_stories
     assert (meta["train_stories"], meta["val_stories"]) == (300, 40)
 
@@ -108,7 +110,7 @@ def test_parallel_matches_serial(tmp_path):
         run(["--source", TRAIN_TXT, "--num_stories", 2100, "--out_dir", out, "--num_proc", n])
     for name in ("train.bin", "val.bin"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
-    train, val, meta = pt.load_tokens(outs[1])
+    train, val, meta = load_tokens(outs[1])
     assert decode(np.concatenate([train, val])) and meta["train_stories"] + meta["val_stories"] == 2100
 
 
@@ -124,7 +126,7 @@ def test_synthetic_stories(tmp_path, monkeypatch):
         assert any(name in s for name, _ in pt.NAMES)
     monkeypatch.chdir(tmp_path)
     assert run(["--synthetic", 200, "--seed", 3, "--num_proc", 1]) == Path("data/synthetic")
-    train, val, meta = pt.load_tokens("data/synthetic", vocab_size=50304)
+    train, val, meta = load_tokens("data/synthetic", vocab_size=50304)
     assert Counter(decode(train) + decode(val)) == Counter(a)
     assert meta["val_stories"] == 20 and "not TinyStories" in meta["source"]
 
@@ -137,23 +139,9 @@ def test_default_names(tmp_path, monkeypatch, stories):
     monkeypatch.chdir(tmp_path)
     assert run(["--source", src, "--val_source", vsrc, "--num_stories", 40, "--num_proc", 1]) == \
         Path("data/tinystories_local_40")
-    _, _, meta = pt.load_tokens("data/tinystories_local_40")
+    _, _, meta = load_tokens("data/tinystories_local_40")
     assert (meta["train_stories"], meta["val_stories"]) == (40, 4)  # a separate val set is cut to N // 10
     assert run(["--source", src, "--name", "mine", "--num_proc", 1]) == Path("data/mine")
-
-
-def test_load_tokens_errors(tmp_path):
-    with pytest.raises(pt.DataError, match=r"prepare_tinystories.py --out_dir .*nothing --synthetic 2000"):
-        pt.load_tokens(tmp_path / "nothing")
-    out = tmp_path / "syn"
-    run(["--synthetic", 30, "--out_dir", out, "--num_proc", 1])
-    with pytest.raises(pt.DataError, match="vocab_size is 50000"):
-        pt.load_tokens(out, vocab_size=50000)
-    assert issubclass(pt.DataError, ValueError)
-    with open(out / "train.bin", "r+b") as f:  # a truncated file no longer matches meta.json
-        f.truncate(10)
-    with pytest.raises(pt.DataError, match="does not match meta.json"):
-        pt.load_tokens(out)
 
 
 def _bad_inputs(tmp):
@@ -214,26 +202,6 @@ def test_existing_output(tmp_path, capsys, stories):
         run(base + ["--seed", 2])
 
 
-def test_interrupted_write_leaves_nothing(tmp_path, stories):
-    def interrupted():
-        for i in range(3000):
-            if i == 2500:
-                raise KeyboardInterrupt
-            yield ("val" if i % 10 == 0 else "train"), stories[i % len(stories)]
-
-    out = tmp_path / "new" / "dir"
-    with pytest.raises(KeyboardInterrupt):
-        pt.write_dataset(out, interrupted(), 3000, {"source": "test"}, num_proc=1)
-    assert not (tmp_path / "new").exists()
-    # over an existing dataset: the old files stay complete, no temp files remain
-    run(["--synthetic", 30, "--out_dir", out, "--num_proc", 1])
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(KeyboardInterrupt):
-        pt.write_dataset(out, interrupted(), 3000, {"source": "test"}, num_proc=1)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    pt.load_tokens(out)
-
-
 def _cli(args, tmp_path, **env):
     return subprocess.run([sys.executable, str(ROOT / "prepare_tinystories.py"), *map(str, args)], cwd=tmp_path,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
@@ -271,7 +239,7 @@ def test_hub_path_on_a_local_dataset_dir(tmp_path, stories):
     offline = dict(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
     r = _cli(["--hf_dataset", ds, "--num_stories", 100, "--num_proc", 1], tmp_path, **offline)
     assert r.returncode == 0, r.stderr
-    train, val, meta = pt.load_tokens(tmp_path / "data" / "ds_100")
+    train, val, meta = load_tokens(tmp_path / "data" / "ds_100")
     assert decode(train) == stories[:100] and decode(val) == stories[200:210]
     assert meta["params"]["source"] == f"hf:{ds}"
     (ds / "validation.jsonl").unlink()
@@ -286,7 +254,7 @@ def test_hub_path_on_a_local_dataset_dir(tmp_path, stories):
 
 
 def _split_stories(out):
-    train, val, meta = pt.load_tokens(out)
+    train, val, meta = load_tokens(out)
     return decode(train), decode(val), meta
 
 
@@ -378,59 +346,12 @@ def test_hub_path_drops_duplicates(tmp_path, stories):
 
 
 # -----------------------------------------------------------------------------
-# .json arrays stream: one record at a time, never the whole file in memory
-
-
-def _json_value(rng, depth=0):
-    """A random JSON value with the awkward parts: escapes, surrogate pairs, numbers like 1e-07."""
-    r = rng.random()
-    if depth > 2 or r < 0.3:
-        return rng.choice([0, -12, 3.5e10, 1e-7, True, False, None, "", 'a"b\\c\n', "caf\u00e9 \U0001F600 \u2019"])
-    if r < 0.6:
-        return {"text": "x" * int(rng.integers(0, 30)) + "\U0001F600", "n": _json_value(rng, depth + 1)}
-    return [_json_value(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))]
-
-
-def test_json_array_matches_json_loads_at_any_chunk_size():
-    # tiny chunks cut every value, string, escape and number at every possible place
-    rng = np.random.default_rng(0)
-    for trial in range(150):
-        values = [_json_value(rng) for _ in range(int(rng.integers(0, 6)))]
-        text = json.dumps(values, indent=[None, 1][trial % 2], ensure_ascii=trial % 3 == 0)
-        if trial % 2:  # every other one corrupted: a character deleted, or the text cut short
-            i = int(rng.integers(1, len(text)))
-            text = text[:i] + (text[i + 1:] if trial % 4 == 1 else "")
-        try:
-            expected = json.loads(text)
-        except json.JSONDecodeError as e:
-            expected = f"line {e.lineno} column {e.colno} ("
-        for chunk in (1, 2, 3, 7, 64):
-            try:
-                got = list(pt.json_array(io.StringIO(text), "x.json", chunk_chars=chunk))
-            except pt.DataError as e:
-                assert isinstance(expected, str) and "\n" not in str(e), (text, chunk, str(e))
-                assert str(e).startswith("x.json: not valid JSON at " + expected), (text, chunk, str(e), expected)
-            else:
-                assert got == expected, (text, chunk)
-
-
-@pytest.mark.parametrize("chunk", [5, 1 << 20])
-def test_json_arrays_of_strings_and_stories(tmp_path, monkeypatch, stories, chunk):
-    monkeypatch.setattr(pt, "JSON_CHUNK_CHARS", chunk, raising=False)
-    some = stories[:30] + ["a story with a literal <|endoftext|> and \u2019 and \U0001F600 in it"]
-    strings, records = tmp_path / "strings.json", tmp_path / "records.json"
-    strings.write_text(json.dumps([" " + s + "\n" for s in some] + ["   "], indent=2), encoding="utf-8")
-    records.write_text(json.dumps([{"story": s, "n": i} for i, s in enumerate(some)], ensure_ascii=False),
-                       encoding="utf-8")
-    assert list(pt.read_stories(strings)) == some == list(pt.read_stories(records))
-    (tmp_path / "mixed.json").write_text('[{"story": "ok"},\n "ok too",\n 12]')
-    with pytest.raises(pt.DataError, match=r"mixed.json: record 2: no 'text' or 'story' string field"):
-        list(pt.read_stories(tmp_path / "mixed.json"))
+# .json arrays stream (data.json_array, tested in test_data.py); a malformed one is one line on the command line
 
 
 @pytest.mark.parametrize("chunk", [7, 1 << 20])
 def test_malformed_json_array_is_a_one_line_error(tmp_path, capsys, monkeypatch, stories, chunk):
-    monkeypatch.setattr(pt, "JSON_CHUNK_CHARS", chunk)
+    monkeypatch.setattr(data, "JSON_CHUNK_CHARS", chunk)
     lines = [json.dumps({"text": s}) + "," for s in stories[:200]]
     lines[150] = lines[150].replace('"}', '" "x"}')  # a record broken deep inside the file
     text = "[\n" + "\n".join(lines)[:-1] + "\n]\n"
@@ -444,30 +365,3 @@ def test_malformed_json_array_is_a_one_line_error(tmp_path, capsys, monkeypatch,
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'bad.json'}: not valid JSON at line 152 column {e.colno} ({e.msg})"]
     assert not (tmp_path / "out").exists()
-
-
-def test_json_array_streams_in_bounded_memory(tmp_path):
-    # a ~70 MB array on one line (as json.dump writes it): json.load holds the text and all the records,
-    # > 2x the file size; streaming holds about one 1M-character chunk. Bound: 24 MB over the baseline.
-    if not Path("/proc/self/status").exists():
-        pytest.skip("needs /proc (Linux) to read the process's memory")
-    n, path = 100_000, tmp_path / "big.json"
-    story = "once upon a time, a little cat named tom went to the park with his red ball. " * 9
-    with open(path, "w") as f:
-        f.write("[" + ", ".join(json.dumps({"text": f"{i} {story}", "id": i}) for i in range(n)) + "]")
-    size_mb = path.stat().st_size / 2 ** 20
-    assert size_mb > 65
-    code = (
-        "import sys, re\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "import prepare_tinystories as pt\n"
-        "kb = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
-        "before = kb('VmRSS')\n"
-        f"stories = sum(1 for s in pt.read_stories({str(path)!r}) if s.endswith('ball.'))\n"
-        "print(stories, (kb('VmHWM') - before) / 1024)\n")  # VmHWM: the peak, >= anything allocated here
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    stories, peak_mb = r.stdout.split()
-    assert int(stories) == n
-    print(f"{size_mb:.0f} MB .json array: peak RSS {float(peak_mb):.1f} MB over the baseline")
-    assert float(peak_mb) < 24, f"reading a {size_mb:.0f} MB .json array took {peak_mb} MB"
