@@ -64,7 +64,10 @@ VARIANTS = {
     "rwkv-deep": {"n_layer": 11},  # pure RWKV with the full layer's parameters, deeper: 11 layers (22.3M vs 22.3M)
     "rwkv-wide": {"n_embd": 320, "n_head": 5},  # pure RWKV with the full layer's parameters, wider: 320 (21.4M; 64-multiples)
     "rwkv-wide-nonemb": {"n_embd": 448, "n_head": 7},  # pure RWKV, wider to the full layer's non-embedding parameters (10.5M vs 9.5M)
-    "rwkv7": {"rwkv_version": "x070"},  # RWKV-7 TimeMix instead of x051a
+    "pure": {"use_swa": False, "use_gqa": False, "use_moe": False},  # TimeMix + ChannelMix only (for recipes with the full layer)
+    "pure7": {"use_swa": False, "use_gqa": False, "use_moe": False, "rwkv_version": "x070", "chunk_len": 16},  # the same with RWKV-7 blocks
+    "rwkv7": {"rwkv_version": "x070", "chunk_len": 16},  # RWKV-7 (x070) TimeMix and ChannelMix instead of x051a's
+    "full7": {"rwkv_version": "x070", "chunk_len": 16, "use_swa": True, "use_gqa": True, "use_moe": True},  # the full layer with RWKV-7 blocks
 }
 
 RECIPE = os.path.join(ROOT, "config", "ablate_recipe.py")

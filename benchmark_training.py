@@ -13,6 +13,7 @@ Models (--models, comma-separated):
     microrwkv-top2  the full layer with top-2 of 4 experts and window_size 256 (the CPU training config's MoE)
     rwkv7           like rwkv, with rwkv_version='x070' (RWKV-7 TimeMix)        } need GPTConfig.rwkv_version
     microrwkv7      like microrwkv, with rwkv_version='x070'                     }
+    microrwkv7-top2 like microrwkv-top2, with rwkv_version='x070'               }  (x070: chunk_len 16)
     gpt             nanoGPT's transformer
 
 Per model and sequence length T (batch = --tokens_per_step // T): --warmup untimed steps, then --repeats
@@ -60,8 +61,10 @@ MODELS = {  # name -> GPTConfig overrides
     "rwkv": dict(RWKV_ONLY),
     "microrwkv": dict(model_type="microrwkv"),
     "microrwkv-top2": dict(model_type="microrwkv", num_experts=4, num_active_experts=2, window_size=256),
-    "rwkv7": dict(RWKV_ONLY, rwkv_version="x070"),
-    "microrwkv7": dict(model_type="microrwkv", rwkv_version="x070"),
+    "rwkv7": dict(RWKV_ONLY, rwkv_version="x070", chunk_len=16),  # 16: x070's fastest chunk length
+    "microrwkv7": dict(model_type="microrwkv", rwkv_version="x070", chunk_len=16),
+    "microrwkv7-top2": dict(model_type="microrwkv", rwkv_version="x070", chunk_len=16, num_experts=4,
+                            num_active_experts=2, window_size=256),
     "gpt": dict(model_type="gpt"),
 }
 PARTS = ["embedding", "TimeMix", "ChannelMix", "SWA", "GQA", "MoE", "attention", "MLP", "head+loss", "optimizer",
@@ -157,7 +160,8 @@ class SubLayerTimer:
         self.fwd, self.bwd = {}, {}
         self.first_event = self.last_event = None
         t0 = self.now()
-        _, loss = model(x, y)
+        with AUTOCAST[0]:
+            _, loss = model(x, y)
         t1 = self.now()
         self.add(self.fwd, "head+loss", t1 - (self.last_event or t1))
         self.first_event = self.last_event = None
@@ -177,8 +181,12 @@ class SubLayerTimer:
             h.remove()
 
 
+AUTOCAST = [contextlib.nullcontext()]  # --dtype bfloat16: torch.autocast around every forward
+
+
 def training_step(model, optimizer, x, y):
-    _, loss = model(x, y)
+    with AUTOCAST[0]:
+        _, loss = model(x, y)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -294,6 +302,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="bfloat16: autocast the forward passes (weights and optimizer stay float32)")
     parser.add_argument("--out", default="out/benchmark_training.txt", help="the printed text (default: %(default)s)")
     parser.add_argument("--out_json", help="the numbers as JSON (default: --out with .json)")
     args = parser.parse_args(argv)
@@ -321,6 +331,8 @@ def main(argv=None):
                 parser.error(f"model {name} at T={seq_len}: {e}")
     try:
         device = torch.device(args.device)
+        if args.dtype == "bfloat16":
+            AUTOCAST[0] = torch.autocast(device.type, dtype=torch.bfloat16)
     except RuntimeError as e:
         parser.error(f"--device {args.device}: {e}")
     out_json = args.out_json or os.path.splitext(args.out)[0] + ".json"
@@ -332,7 +344,7 @@ def main(argv=None):
         torch.set_num_threads(threads)  # as it was, for a caller in the same process (the tests)
 
     command = shlex.join(["python", "benchmark_training.py", *(sys.argv[1:] if argv is None else argv)])
-    header = (f"n_layer={args.n_layer} n_embd={args.n_embd} n_head={args.n_head} vocab={args.vocab_size} float32 "
+    header = (f"n_layer={args.n_layer} n_embd={args.n_embd} n_head={args.n_head} vocab={args.vocab_size} {args.dtype} "
               f"{device} threads={args.threads}, {args.tokens_per_step} tokens/step, {args.warmup} warm-up steps, "
               f"tokens/s = median (min, max) of {args.repeats} runs of {args.steps} timed steps each")
     text = (f"{command}\n{header}\n\n{throughput_table(results)}\n\n"
@@ -343,7 +355,7 @@ def main(argv=None):
     print(text, end="")
     write_atomic(args.out, text)
     write_atomic(out_json, json.dumps({
-        "command": command, "device": str(device), "dtype": "float32", "threads": args.threads,
+        "command": command, "device": str(device), "dtype": args.dtype, "threads": args.threads,
         "n_layer": args.n_layer, "n_embd": args.n_embd, "n_head": args.n_head, "vocab_size": args.vocab_size,
         "tokens_per_step": args.tokens_per_step, "steps": args.steps, "repeats": args.repeats,
         "warmup": args.warmup, "results": results}, indent=1))
