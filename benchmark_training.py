@@ -10,7 +10,7 @@ the ratios compare like with like.
 Models (--models, comma-separated):
     rwkv            TimeMix + ChannelMix only (use_swa = use_gqa = use_moe = False), TimeMix x051a
     microrwkv       the full MicroRWKV layer (TimeMix, ChannelMix, SWA, GQA, MoE with all 4 experts active)
-    microrwkv-top2  the full layer with top-2 of 4 experts and window_size 256 (the CPU training config's MoE)
+    microrwkv-top2  the full layer with top-2 of 4 experts (expert_dim 768) and window_size 256
     rwkv7           like rwkv, with rwkv_version='x070' (RWKV-7 TimeMix)        } need GPTConfig.rwkv_version
     microrwkv7      like microrwkv, with rwkv_version='x070'                     }
     microrwkv7-top2 like microrwkv-top2, with rwkv_version='x070'               }  (x070: chunk_len 16)
@@ -60,11 +60,11 @@ RWKV_ONLY = dict(model_type="microrwkv", use_swa=False, use_gqa=False, use_moe=F
 MODELS = {  # name -> GPTConfig overrides
     "rwkv": dict(RWKV_ONLY),
     "microrwkv": dict(model_type="microrwkv"),
-    "microrwkv-top2": dict(model_type="microrwkv", num_experts=4, num_active_experts=2, window_size=256),
+    "microrwkv-top2": dict(model_type="microrwkv", num_experts=4, num_active_experts=2, window_size=256, expert_dim=768),
     "rwkv7": dict(RWKV_ONLY, rwkv_version="x070", chunk_len=16),  # 16: x070's fastest chunk length
     "microrwkv7": dict(model_type="microrwkv", rwkv_version="x070", chunk_len=16),
     "microrwkv7-top2": dict(model_type="microrwkv", rwkv_version="x070", chunk_len=16, num_experts=4,
-                            num_active_experts=2, window_size=256),
+                            num_active_experts=2, window_size=256, expert_dim=768),
     "gpt": dict(model_type="gpt"),
 }
 PARTS = ["embedding", "TimeMix", "ChannelMix", "SWA", "GQA", "MoE", "attention", "MLP", "head+loss", "optimizer",
