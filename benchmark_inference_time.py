@@ -8,6 +8,7 @@ whole context for every token. This script measures our own models side by side:
 
     microrwkv     the full MicroRWKV layer (TimeMix, ChannelMix, SWA, GQA, MoE; the config's switches)
     rwkv          TimeMix + ChannelMix only (use_swa = use_gqa = use_moe = False)
+    rwkv7         the same with RWKV-7 blocks (rwkv_version="x070", chunk_len=16; if model.py has them)
     gpt           the GPT baseline, decoding with its KV cache
     gpt-nocache   the same GPT, re-running the whole context for every token (like nanoGPT's generate)
 
@@ -16,6 +17,14 @@ prompt of --prompt_len tokens is prefilled, then --max_new_tokens tokens are dec
 Per token it records the latency (ms, CUDA-synchronised on GPU), the cumulative time, the bytes of the
 state / KV cache (logical and allocated, see the notes), and the process RSS (CPU) or CUDA max allocated
 memory (GPU).
+
+The memory floor: decoding one token must read every weight it uses and the state / cache it attends to, so
+no implementation can be faster than (those bytes) / (memory bandwidth). At start-up the script measures the
+bandwidth (the median of 5 copies of a --bandwidth_mb tensor, bytes read + written; or take --bandwidth GB/s),
+and per model prints the floor and the measured median ms/token as a multiple of it ("x floor", first and last
+10% of positions). Bytes read per token = the parameters (each once: a tied embedding / LM head once, read whole
+by the head; an embedding only a lookup reads, e.g. GPT's positions, one row; of a TinyMoE only the
+num_active_experts experts a token goes to) + the state / cache passed into the step (logical bytes).
 
 Outputs, all under --out_dir (default out/benchmark) unless --plot names another path: <model>.jsonl (one
 row per token), summary.txt and summary.json (the table printed at the end), and a three-panel figure
@@ -65,14 +74,19 @@ import time
 import torch
 from tqdm import tqdm
 
+from generate import cast_weights
 from model import GPTConfig, build_model
 
 MODELS = {  # benchmark name -> GPTConfig overrides on top of the run's shared architecture
     "microrwkv": dict(model_type="microrwkv"),
     "rwkv": dict(model_type="microrwkv", use_swa=False, use_gqa=False, use_moe=False),
+    "rwkv7": dict(model_type="microrwkv", use_swa=False, use_gqa=False, use_moe=False, rwkv_version="x070",
+                  chunk_len=16),  # 16: x070's fastest chunk length
     "gpt": dict(model_type="gpt"),
     "gpt-nocache": dict(model_type="gpt"),
 }
+if "rwkv_version" not in GPTConfig.__dataclass_fields__:  # a model.py without RWKV-7
+    del MODELS["rwkv7"]
 DEFAULTS = dict(n_layer=6, n_embd=512, n_head=8, max_new_tokens=4096, time_budget=600.0)
 QUICK = dict(n_layer=4, n_embd=256, n_head=4, max_new_tokens=1024, time_budget=25.0)
 WARMUP_STEPS = 5  # decode steps run (untimed) on a throwaway state first: allocator, kernels, caches
@@ -120,6 +134,37 @@ def state_memory(obj):
     return state_bytes(obj), state_alloc_bytes(obj)
 
 
+def param_bytes_read(model):
+    """Bytes of the weights that decoding one token (batch 1) reads: every parameter once (model.parameters()
+    counts a tied embedding / LM head once, and the head reads all of it), except an embedding table that only a
+    lookup reads (not tied to a Linear: GPT's positions), one row, and a TinyMoE's experts, of which a token
+    reads num_active_experts of num_experts."""
+    read = {}  # id(parameter) -> the fraction of it read
+    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    for m in model.modules():
+        if isinstance(m, torch.nn.Embedding) and id(m.weight) not in linear_weights:
+            read[id(m.weight)] = 1 / m.weight.shape[0]
+        if hasattr(m, "experts") and hasattr(m, "num_active"):  # model.TinyMoE
+            for p in m.experts.parameters():
+                read[id(p)] = m.num_active / m.num_experts
+    return round(sum(p.numel() * p.element_size() * read.get(id(p), 1.0) for p in model.parameters()))
+
+
+def measure_bandwidth(device, mb=256, repeats=5):
+    """Memory bandwidth (bytes/s): the median time to copy_ an `mb` MiB float32 tensor, bytes read + written."""
+    src = torch.ones(mb * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # untimed: pages faulted in, kernels loaded
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * src.nbytes / sorted(times)[len(times) // 2]
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=""):
     """A temp path beside `path`, renamed to it when the block completes (removed if it fails)."""
@@ -159,7 +204,9 @@ def rss_bytes():
 def ours(name, arch, block_size, device, dtype, seed):
     torch.manual_seed(seed)  # the same initial weights for gpt and gpt-nocache
     config = GPTConfig(**{**arch, **MODELS[name], "block_size": block_size, "dropout": 0.0})
-    model = build_model(config).to(device=device, dtype=dtype).eval()
+    model = build_model(config).to(device=device).eval()
+    if dtype != torch.float32:  # bf16 / fp16 weights, as generate.py --dtype stores them (S stays float32)
+        cast_weights(model, dtype)
     if name == "gpt-nocache":
         def step(idx, state):
             logits, _ = model(idx)  # the whole context again, logits of the last position only
@@ -208,8 +255,9 @@ def sync(device):
 
 
 @torch.inference_mode()
-def run(name, step, prompt, max_new_tokens, time_budget, device):
-    """Prefill `prompt`, then decode up to max_new_tokens tokens one at a time: one row per token."""
+def run(name, step, prompt, max_new_tokens, time_budget, device, param_bytes=0, bandwidth=None):
+    """Prefill `prompt`, then decode up to max_new_tokens tokens one at a time: one row per token. With a
+    bandwidth (bytes/s), each row also has its memory floor: (param_bytes + the state read) / bandwidth."""
     # warm-up on a throwaway state, so the first timed tokens do not pay for first-call costs
     logits, state = step(prompt, None)
     idx = prompt
@@ -230,6 +278,7 @@ def run(name, step, prompt, max_new_tokens, time_budget, device):
     idx, next_token, rows, cum_s, stopped = prompt, logits.argmax(-1, keepdim=True), [], 0.0, None
     for i in tqdm(range(max_new_tokens), desc=f"{name:>12}", unit="tok", mininterval=1.0):
         idx = torch.cat([idx, next_token], dim=1)  # the context so far, ending with the token to process now
+        state_read = state_bytes(state)  # what the step reads (and extends); untimed
         sync(device)
         t0 = time.perf_counter()
         logits, state = step(idx, state)
@@ -239,7 +288,10 @@ def run(name, step, prompt, max_new_tokens, time_budget, device):
         cum_s += dt
         logical, allocated = state_memory(state)
         row = {"model": name, "i": i, "pos": idx.shape[1], "latency_ms": dt * 1e3, "cum_s": cum_s,
-               "state_bytes": logical, "state_alloc_bytes": allocated, "rss_bytes": rss_bytes()}
+               "state_bytes": logical, "state_alloc_bytes": allocated, "rss_bytes": rss_bytes(),
+               "state_read_bytes": state_read}
+        if bandwidth:
+            row["floor_ms"] = (param_bytes + state_read) / bandwidth * 1e3
         if device.type == "cuda":
             row["cuda_max_allocated"] = torch.cuda.max_memory_allocated(device)
         rows.append(row)
@@ -253,13 +305,19 @@ def run(name, step, prompt, max_new_tokens, time_budget, device):
 # Summary and figure
 
 
-def summarize(name, rows, params, prefill_ms, stopped):
-    """first/last 10% of positions: median latency (robust to a busy machine's spikes), their ratio."""
+def summarize(name, rows, params, prefill_ms, stopped, param_bytes=None):
+    """first/last 10% of positions: median latency (robust to a busy machine's spikes), their ratio, and
+    the same medians of the memory floor, with the latency as a multiple of it."""
     k = max(1, len(rows) // 10)
     median = lambda xs: sorted(xs)[len(xs) // 2]
     first = median([r["latency_ms"] for r in rows[:k]])
     last = median([r["latency_ms"] for r in rows[-k:]])
     mem_key = "cuda_max_allocated" if "cuda_max_allocated" in rows[0] else "rss_bytes"
+    floor = {}
+    if "floor_ms" in rows[0]:
+        floor_first, floor_last = median([r["floor_ms"] for r in rows[:k]]), median([r["floor_ms"] for r in rows[-k:]])
+        floor = {"param_bytes_read": param_bytes, "floor_first_ms": floor_first, "floor_last_ms": floor_last,
+                 "x_floor_first": first / floor_first, "x_floor_last": last / floor_last}
     return {
         "model": name, "params": params, "tokens": len(rows), "first_pos": rows[0]["pos"],
         "last_pos": rows[-1]["pos"], "prefill_ms": prefill_ms, "first10_ms": first, "last10_ms": last,
@@ -268,14 +326,14 @@ def summarize(name, rows, params, prefill_ms, stopped):
         "state_alloc_first_MiB": rows[0]["state_alloc_bytes"] / 2**20,
         "state_alloc_last_MiB": rows[-1]["state_alloc_bytes"] / 2**20, "mem": mem_key,
         "mem_growth_MiB": (rows[-1][mem_key] - rows[0][mem_key]) / 2**20,
-        "tokens_per_s": len(rows) / rows[-1]["cum_s"], "stopped": stopped or "-",
+        "tokens_per_s": len(rows) / rows[-1]["cum_s"], "stopped": stopped or "-", **floor,
     }
 
 
 def format_table(summaries):
     header = (f"{'model':>12} {'params':>8} {'tokens':>6} {'first10%ms':>10} {'last10%ms':>10} {'ratio':>6} "
               f"{'state MiB (logical) first->last':>31} {'state MiB (allocated) first->last':>33} {'mem+MiB':>8} "
-              f"{'tok/s':>8} {'stopped':>11}")
+              f"{'tok/s':>8} {'stopped':>11} {'floor ms first->last':>20} {'x floor first->last':>19}")
     lines = [header]
     for s in summaries:
         lines.append(
@@ -283,7 +341,9 @@ def format_table(summaries):
             f"{s['last10_ms']:>10.2f} {s['ratio']:>6.2f} "
             f"{s['state_first_MiB']:>19.3f} -> {s['state_last_MiB']:>8.3f} "
             f"{s['state_alloc_first_MiB']:>21.3f} -> {s['state_alloc_last_MiB']:>8.3f} {s['mem_growth_MiB']:>8.1f} "
-            f"{s['tokens_per_s']:>8.1f} {s['stopped']:>11}")
+            f"{s['tokens_per_s']:>8.1f} {s['stopped']:>11}"
+            + (f" {s['floor_first_ms']:>8.4f} -> {s['floor_last_ms']:>8.4f} {s['x_floor_first']:>7.1f} -> "
+               f"{s['x_floor_last']:>7.1f}" if "floor_first_ms" in s else ""))
     return "\n".join(lines)
 
 
@@ -359,7 +419,7 @@ def architecture(args, parser):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="microrwkv,rwkv,gpt,gpt-nocache",
+    parser.add_argument("--models", default=",".join(MODELS),
                         help="comma-separated, from " + ",".join(MODELS) + " (may be empty with --hf_model)")
     parser.add_argument("--n_layer", type=int, help=f"default {DEFAULTS['n_layer']} ({QUICK['n_layer']} with --quick)")
     parser.add_argument("--n_embd", type=int, help=f"default {DEFAULTS['n_embd']} ({QUICK['n_embd']} with --quick)")
@@ -379,6 +439,8 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: see the notes)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bandwidth_mb", type=int, default=256, help="MiB copied to measure the memory bandwidth")
+    parser.add_argument("--bandwidth", type=float, help="memory bandwidth in GB/s for the floor, instead of measuring it")
     parser.add_argument("--out_dir", default="out/benchmark", help="JSONL per model, summary.txt, summary.json")
     parser.add_argument("--plot", help="the figure to write (default: <out_dir>/benchmark.png)")
     args = parser.parse_args(argv)
@@ -395,6 +457,8 @@ def main(argv=None):
     time_budget = args.time_budget if args.time_budget is not None else defaults["time_budget"]
     if max_new_tokens < 1 or args.prompt_len < 1:
         parser.error("--max_new_tokens and --prompt_len must be >= 1")
+    if args.bandwidth_mb < 1 or (args.bandwidth is not None and args.bandwidth <= 0):
+        parser.error("--bandwidth_mb and --bandwidth must be > 0")
     arch = architecture(args, parser)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
@@ -408,6 +472,12 @@ def main(argv=None):
     print(f"n_layer={arch['n_layer']} n_embd={arch['n_embd']} n_head={arch['n_head']} vocab={arch['vocab_size']} "
           f"{args.dtype} {device} threads={args.threads} prompt={args.prompt_len} max_new_tokens={max_new_tokens} "
           f"time_budget={time_budget:g}s")
+    if args.bandwidth:
+        bandwidth, how = args.bandwidth * 1e9, "given by --bandwidth"
+    else:
+        bandwidth = measure_bandwidth(device, args.bandwidth_mb)
+        how = f"copy of {args.bandwidth_mb} MiB, median of 5, bytes read + written"
+    print(f"memory bandwidth: {bandwidth / 1e9:.2f} GB/s ({how})")
     all_rows, summaries = {}, []
     for name in names + (["hf"] if args.hf_model else []):
         if name == "hf":
@@ -416,10 +486,12 @@ def main(argv=None):
         else:
             model, step, params = ours(name, arch, n_positions, device, dtype, args.seed)
             model_prompt = prompt
-        rows, prefill_ms, stopped = run(name, step, model_prompt, max_new_tokens, time_budget, device)
+        param_bytes = param_bytes_read(model)
+        rows, prefill_ms, stopped = run(name, step, model_prompt, max_new_tokens, time_budget, device, param_bytes,
+                                        bandwidth)
         write_text(os.path.join(args.out_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
         all_rows[name] = rows
-        summaries.append(summarize(name, rows, params, prefill_ms, stopped))
+        summaries.append(summarize(name, rows, params, prefill_ms, stopped, param_bytes))
         del model, step
         gc.collect()
 
@@ -428,14 +500,16 @@ def main(argv=None):
     text = (f"{command}\n{arch['n_layer']} layers x {arch['n_embd']} (n_head {arch['n_head']}), {args.dtype}, "
             f"{device}, threads={args.threads}; latencies are medians over the first / last 10% of positions; "
             f"state logical = numel * element_size of the state's tensors, allocated = nbytes of the distinct "
-            f"storages behind them; mem+ = growth of {'CUDA max allocated' if device.type == 'cuda' else 'process RSS'}"
-            f"\n{table}\n")
+            f"storages behind them; mem+ = growth of {'CUDA max allocated' if device.type == 'cuda' else 'process RSS'}; "
+            f"floor = (parameter bytes read + state bytes read) / memory bandwidth {bandwidth / 1e9:.2f} GB/s ({how}), "
+            f"x floor = latency / floor\n{table}\n")
     print("\n" + text, end="")
     write_text(os.path.join(args.out_dir, "summary.txt"), text)
     write_text(os.path.join(args.out_dir, "summary.json"), json.dumps(
         {"command": command, "device": str(device), "dtype": args.dtype, "threads": args.threads,
          "prompt_len": args.prompt_len, "max_new_tokens": max_new_tokens, "time_budget": time_budget,
-         "hf_model": args.hf_model, "arch": arch, "models": summaries}, indent=1))
+         "hf_model": args.hf_model, "arch": arch, "bandwidth_GBps": bandwidth / 1e9, "bandwidth_source": how,
+         "models": summaries}, indent=1))
     plot(all_rows, plot_path, f"MicroRWKV vs GPT decoding: {arch['n_layer']} x {arch['n_embd']}, {args.dtype}, "
          f"{device}, prompt {args.prompt_len}", device.type == "cuda")
     print(f"wrote {args.out_dir}/{{{','.join(all_rows)}}}.jsonl, summary.txt, summary.json and {plot_path}")

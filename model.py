@@ -192,7 +192,8 @@ class TimeMix(nn.Module):
         B, H, T, N = y.shape
         y = y.transpose(1, 2).reshape(B * T, H * N)
         with torch.autocast(y.device.type, enabled=False):  # normalise the float32 y, then round
-            y = self.ln_x(y)
+            ln = self.ln_x  # (its parameters cast to y's dtype: the model may hold bf16 weights)
+            y = F.group_norm(y, H, ln.weight.to(y.dtype), None if ln.bias is None else ln.bias.to(y.dtype), ln.eps)
         y = y.view(B, T, H * N).to(g.dtype) * g
         return self.dropout(self.output(y))
 

@@ -1,9 +1,11 @@
 """benchmark_inference_time.py and benchmark_training.py on tiny models: outputs exist and parse, land under
 out/ (or the path given) and never under assets/, the state / KV-cache bytes grow exactly as the
 architectures say (constant for RWKV, linear for attention caches), the training table's statistics are
-consistent. No assertions on how fast anything is."""
+consistent, the memory floor counts the bytes the parameter shapes and states say. No assertions on how fast
+anything is."""
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 
@@ -18,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 N_LAYER, N_EMBD, N_HEAD, VOCAB, TOKENS, PROMPT = 2, 64, 4, 512, 64, 8
 TINY = ["--n_layer", str(N_LAYER), "--n_embd", str(N_EMBD), "--n_head", str(N_HEAD), "--vocab_size", str(VOCAB),
-        "--max_new_tokens", str(TOKENS), "--prompt_len", str(PROMPT), "--quick"]
-FLOAT32 = 4
+        "--max_new_tokens", str(TOKENS), "--prompt_len", str(PROMPT), "--quick", "--bandwidth_mb", "8"]
+FLOAT32, BFLOAT16 = 4, 2
+HAS_RWKV_VERSION = "rwkv_version" in {f.name for f in dataclasses.fields(GPTConfig)}
+INFERENCE_MODELS = ["microrwkv", "rwkv"] + ["rwkv7"] * HAS_RWKV_VERSION + ["gpt", "gpt-nocache"]
 
 
 def run(tmp_path, *args):
@@ -33,7 +37,7 @@ def run(tmp_path, *args):
 
 def test_all_models_outputs_and_state_bytes(tmp_path):
     out, summary, rows = run(tmp_path)
-    names = ["microrwkv", "rwkv", "gpt", "gpt-nocache"]
+    names = INFERENCE_MODELS
     assert [s["model"] for s in summary["models"]] == names
     assert summary["arch"]["n_layer"] == N_LAYER and summary["arch"]["n_embd"] == N_EMBD
     for name in names:
@@ -53,6 +57,8 @@ def test_all_models_outputs_and_state_bytes(tmp_path):
     head_size = 64
     rwkv = N_LAYER * (2 * N_EMBD + (N_EMBD // head_size) * head_size * head_size) * FLOAT32
     assert all(r["state_bytes"] == rwkv for r in rows["rwkv"])
+    if HAS_RWKV_VERSION:  # RWKV-7 keeps the same state: x_prev twice, one N x N matrix per head
+        assert all(r["state_bytes"] == rwkv for r in rows["rwkv7"])
     # GPT: K and V of every past token in every layer, exactly
     gpt_per_token = 2 * N_LAYER * N_EMBD * FLOAT32
     assert all(r["state_bytes"] == gpt_per_token * r["pos"] for r in rows["gpt"])
@@ -81,6 +87,74 @@ def test_all_models_outputs_and_state_bytes(tmp_path):
     assert "state MiB (logical)" in table[0] and "state MiB (allocated)" in table[0]
     assert [line.split()[0] for line in table[1:]] == names
     assert int(table[2].split()[2]) == TOKENS
+
+
+def tiny_gpt_param_bytes(V, C, L, block_size, bytes_per):
+    """GPT's weights read per token, by hand: wte (V x C, read whole by the tied head), one row of wpe, per layer
+    two LayerNorm weights (C), q, k, v, o (C x C) and the MLP (C x 4C twice), and ln_f (no biases)."""
+    return (V * C + C + L * (2 * C + 4 * C * C + 8 * C * C) + C) * bytes_per
+
+
+def test_param_bytes_read_by_hand():
+    V, C, L, H = 300, 32, 2, 2
+    gpt = build_model(GPTConfig(model_type="gpt", vocab_size=V, n_embd=C, n_layer=L, n_head=H, block_size=64))
+    assert bench.param_bytes_read(gpt) == tiny_gpt_param_bytes(V, C, L, 64, FLOAT32)
+    # MicroRWKV with a top-2-of-4 MoE: every parameter (the tied wte / lm_head once) but 2 of the 4 experts
+    config = GPTConfig(vocab_size=V, n_embd=C, n_layer=L, n_head=H, head_size=16, n_kv_head=1, window_size=8,
+                       num_experts=4, num_active_experts=2, expert_dim=24, bias=True)
+    model = build_model(config)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}  # named_parameters: tied once
+    assert "lm_head.weight" not in shapes and shapes["wte.weight"] == (V, C)
+    expert = 2 * C * 24 + 24 + C  # c_fc and c_proj, weights and biases
+    everything = sum(math.prod(shape) for shape in shapes.values())
+    assert sum(math.prod(s) for n, s in shapes.items() if ".experts." in n) == L * 4 * expert
+    assert bench.param_bytes_read(model) == (everything - L * 2 * expert) * FLOAT32
+    # bf16 weights: half the bytes, but the float32 vectors generate.cast_weights keeps (GroupNorm, decays)
+    import generate
+    generate.cast_weights(model, torch.bfloat16)
+    kept = sum(math.prod(s) for n, s in shapes.items() if n.endswith(generate.FLOAT32_PARAMS))
+    assert 0 < kept < everything / 50
+    assert bench.param_bytes_read(model) == (everything - L * 2 * expert - kept) * BFLOAT16 + kept * FLOAT32
+
+
+def test_memory_floor_and_bfloat16_state(tmp_path, capsys):
+    """--bandwidth 10 GB/s: every row's floor is (weights read + the state passed in) / 10 GB/s; bf16 weights
+    halve the weights and x_prev / KV caches, but TimeMix's S stays float32."""
+    models = ["rwkv"] + ["rwkv7"] * HAS_RWKV_VERSION + ["gpt"]
+    _, summary, rows = run(tmp_path, "--models", ",".join(models), "--bandwidth", "10", "--dtype", "bfloat16")
+    assert "memory bandwidth: 10.00 GB/s (given by --bandwidth)" in capsys.readouterr().out
+    assert summary["bandwidth_GBps"] == 10.0 and summary["dtype"] == "bfloat16"
+    by_model = {s["model"]: s for s in summary["models"]}
+    head_size, L, C = 64, N_LAYER, N_EMBD
+    rwkv_state = L * (2 * C * BFLOAT16 + (C // head_size) * head_size * head_size * FLOAT32)
+    gpt_per_token = 2 * L * C * BFLOAT16
+    assert by_model["gpt"]["param_bytes_read"] == tiny_gpt_param_bytes(VOCAB, C, L, None, BFLOAT16)
+    for name in models:
+        param_bytes = by_model[name]["param_bytes_read"]
+        for r in rows[name]:
+            # the state read at position pos holds pos - 1 tokens (the step appends the pos-th)
+            expected = gpt_per_token * (r["pos"] - 1) if name == "gpt" else rwkv_state
+            assert r["state_read_bytes"] == expected
+            assert r["floor_ms"] == pytest.approx((param_bytes + expected) / 10e9 * 1e3, rel=1e-12)
+        k = TOKENS // 10
+        s = by_model[name]
+        assert s["floor_first_ms"] == sorted(r["floor_ms"] for r in rows[name][:k])[k // 2]
+        assert s["floor_last_ms"] == sorted(r["floor_ms"] for r in rows[name][-k:])[k // 2]
+        assert s["x_floor_first"] == pytest.approx(s["first10_ms"] / s["floor_first_ms"])
+        assert s["x_floor_last"] == pytest.approx(s["last10_ms"] / s["floor_last_ms"])
+    assert by_model["gpt"]["floor_last_ms"] > by_model["gpt"]["floor_first_ms"]  # the cache grows
+    assert by_model["rwkv"]["floor_last_ms"] == by_model["rwkv"]["floor_first_ms"]
+    table = (tmp_path / "out" / "summary.txt").read_text().splitlines()[2:]
+    assert "floor ms first->last" in table[0] and "x floor first->last" in table[0]
+    assert float(table[1].split()[-6]) == pytest.approx(by_model["rwkv"]["floor_first_ms"], abs=1e-4)
+
+
+def test_measured_bandwidth_is_reported(tmp_path, capsys):
+    assert bench.measure_bandwidth(torch.device("cpu"), mb=4) > 0
+    _, summary, rows = run(tmp_path, "--models", "rwkv", "--max_new_tokens", "4")
+    assert "memory bandwidth: " in capsys.readouterr().out
+    assert summary["bandwidth_GBps"] > 0 and "copy of 8 MiB" in summary["bandwidth_source"]
+    assert all(r["floor_ms"] > 0 for r in rows["rwkv"])
 
 
 def test_config_file_microrwkv_without_gqa_is_constant(tmp_path):
@@ -130,7 +204,8 @@ def test_hf_model_without_transformers(tmp_path, monkeypatch):
         run(tmp_path, "--models", "", "--hf_model", str(tmp_path))
 
 
-@pytest.mark.parametrize("args", [["--models", "rwkv,mamba"], ["--models", ""], ["--max_new_tokens", "0"]])
+@pytest.mark.parametrize("args", [["--models", "rwkv,mamba"], ["--models", ""], ["--max_new_tokens", "0"],
+                                  ["--bandwidth", "0"]])
 def test_bad_arguments(tmp_path, args):
     with pytest.raises(SystemExit):
         run(tmp_path, *args)
@@ -187,7 +262,6 @@ def test_state_alloc_bytes_dedupes_shared_storage():
 # ----------------------------------------------------------------------------------------------------
 # benchmark_training.py
 
-HAS_RWKV_VERSION = "rwkv_version" in {f.name for f in dataclasses.fields(GPTConfig)}
 TRAIN_MODELS = [m for m in benchmark_training.MODELS if HAS_RWKV_VERSION or m not in ("rwkv7", "microrwkv7")]
 TRAIN_TINY = ["--n_layer", "1", "--n_embd", "64", "--n_head", "2", "--vocab_size", "256", "--seq_lens", "32",
               "--tokens_per_step", "64", "--steps", "1", "--warmup", "1", "--repeats", "3", "--threads", "1"]
