@@ -35,7 +35,6 @@ eval_val], ...]).
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -44,12 +43,14 @@ import subprocess
 import sys
 import time
 
+from metrics import save_figure, steps_and_evals
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # name -> train.py overrides on top of config/ablate_recipe.py (the comment is the table's "what it tests")
 VARIANTS = {
-    "rwkv": {},  # the recipe: pure RWKV x051a, head 64, ChannelMix 3.5x, GPT-2 init, LayerNorm on the embedding, no wpe
-    "gpt": {"model_type": "gpt"},  # nanoGPT's transformer on the same recipe (4 heads of 64, learned positions, 4x MLP)
+    "rwkv": {},  # the recipe file unchanged (config/ablate_recipe.py: pure RWKV x051a, head 64, ChannelMix 3.5x, GPT-2 init, ln0, no wpe)
+    "gpt": {"model_type": "gpt"},  # nanoGPT's transformer on the same recipe (learned positions, 4x GELU MLP)
     "rwkv-head32": {"head_size": 32},  # RWKV head size 32 (8 heads) instead of 64 (4 heads)
     "rwkv-init-rwkv": {"init_scheme": "rwkv"},  # RWKV's per-parameter initialisation instead of GPT-2's normal(0.02)
     "rwkv-cmix3": {"cmix_mult": 3.0},  # ChannelMix 3x wide (nanoRWKV's) instead of 3.5x
@@ -177,25 +178,8 @@ def count_params(cfg):
 
 
 def read_metrics(path):
-    """(step rows, eval rows) of a metrics.jsonl; torn lines are skipped."""
-    steps, evals = [], []
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if "train_loss" in row:
-                    steps.append(row)
-                if "eval_val" in row:
-                    evals.append(row)
-    except OSError:
-        pass
-    return steps, evals
+    """(step rows, eval rows) of a metrics.jsonl; a missing file has none."""
+    return steps_and_evals(path) if os.path.exists(path) else ([], [])
 
 
 def last_iter(path):
@@ -404,7 +388,7 @@ def make_plot(rows, path, title):
         axes[0].set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -74,7 +74,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from generate import cast_weights
+from checkpoint import CheckpointError, cast_weights, load_checkpoint
 from model import GPTConfig, build_model
 
 MODELS = {  # benchmark name -> GPTConfig overrides on top of the run's shared architecture
@@ -408,9 +408,9 @@ def architecture(args, parser):
         arch.update({k: v for k, v in namespace.items() if k in fields})
     if args.ckpt:
         try:
-            model_args = torch.load(args.ckpt, map_location="cpu", weights_only=True)["model_args"]
-        except Exception as e:
-            parser.error(f"--ckpt {args.ckpt}: {type(e).__name__}: {e}")
+            model_args = load_checkpoint(args.ckpt, mmap=True)["model_args"]
+        except CheckpointError as e:
+            parser.error(f"--ckpt: {e}")
         arch.update({k: v for k, v in model_args.items() if k in fields})
     arch.update({k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab_size")
                  if getattr(args, k) is not None})

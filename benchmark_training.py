@@ -309,10 +309,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     names = [n for n in args.models.split(",") if n]
-    if unknown := [n for n in names if n not in MODELS]:
-        parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
-    if not names:
-        parser.error("no models to run")
+    if not names or not set(names) <= set(MODELS):
+        parser.error(f"--models {args.models!r}: choose one or more of {list(MODELS)}")
     for flag in ("steps", "repeats", "tokens_per_step", "threads", "n_layer", "n_embd", "n_head", "vocab_size"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1")

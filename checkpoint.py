@@ -111,3 +111,20 @@ def restore_rng_states(ckpt, sampler, device, world_size, rank):
     if "cuda_rng_state" in rows and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state(rows["cuda_rng_state"], device)
     return True
+
+
+# parameters kept in float32 when the weights are cast down: TimeMix's GroupNorm (F.group_norm on CPU refuses
+# a float32 input with bf16 weights), x051a's decay / bonus and x070's per-channel decay, ICL-rate and
+# value-residual bases and key / bonus scales, all read with .float() / .to(float32) by the model: vectors,
+# no bandwidth to save, and rounding a decay to bf16 changes how long a head remembers
+FLOAT32_PARAMS = ("ln_x.weight", "ln_x.bias", "time_decay", "time_faaaa",
+                  ".w0", ".a0", ".v0", ".k_k", ".k_a", ".r_k")
+
+
+def cast_weights(model, dtype):
+    """The model with its weights stored in `dtype` (bf16 / fp16), but FLOAT32_PARAMS; ties stay tied."""
+    model.to(dtype)
+    for name, p in model.named_parameters():
+        if name.endswith(FLOAT32_PARAMS):
+            p.data = p.data.float()
+    return model

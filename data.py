@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import tiktoken
+import torch
 from tqdm import tqdm
 
 TOKENIZER = "r50k_base"  # the GPT-2 BPE ranks; tiktoken's "gpt2" is the same but needs more files offline
@@ -76,6 +77,19 @@ def load_tokens(data_dir, vocab_size=None):
         raise DataError(f"{data_dir} uses {meta['tokenizer']} with {meta['vocab_size']} tokens but the model's "
                         f"vocab_size is {vocab_size}; set vocab_size >= {meta['vocab_size']} (e.g. 50304)")
     return splits[0], splits[1], meta
+
+
+def get_batch(data, block_size, batch_size, generator, device, rank=0, world_size=1):
+    """Random windows of a token memmap: inputs and next-token targets (batch_size, block_size) on device.
+    Every process draws the same global batch of batch_size * world_size start positions from `generator` and
+    takes its own rows, so the batches depend on the seed only, not on the number of processes."""
+    ix = torch.randint(len(data) - block_size, (batch_size * world_size,), generator=generator)
+    ix = ix[rank * batch_size:(rank + 1) * batch_size].tolist()
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    if torch.device(device).type == "cuda":  # pinned memory: the copy to the GPU runs asynchronously
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
 
 
 def already_prepared(out_dir, params, force):

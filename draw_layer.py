@@ -16,7 +16,8 @@ import argparse
 import dataclasses
 import os
 import sys
-import tempfile
+
+from metrics import save_figure
 
 FLOAT32 = 4  # bytes
 
@@ -226,20 +227,6 @@ def draw(cfg, rows, source):
     return fig
 
 
-def save_atomic(fig, path, dpi=120):
-    """fig to path through a temp file in the same directory, renamed over it only when complete."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a train.py config file (default: the GPTConfig defaults)")
@@ -257,7 +244,7 @@ def main(argv=None):
     rows = sublayers(cfg)
     fig = draw(cfg, rows, source)
     try:
-        save_atomic(fig, args.out)
+        save_figure(fig, args.out)
     except OSError as e:
         print(f"error: cannot write {args.out}: {e.strerror}", file=sys.stderr)
         return 1

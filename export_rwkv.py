@@ -22,6 +22,8 @@ import tempfile
 
 import torch
 
+from checkpoint import CheckpointError, load_checkpoint, one_line
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 UNSUPPORTED = [  # what the official format cannot hold: (model_args field, its bad value, a state_dict sign, name)
     ("use_swa", True, lambda k: ".swa." in k, "sliding-window attention (use_swa=True)"),
@@ -45,25 +47,14 @@ def die(msg):
     sys.exit(1)
 
 
-def one_line(e):
-    msg = " ".join(str(e).split())
-    return f"{type(e).__name__}: {msg[:200] + '...' if len(msg) > 200 else msg}"
-
-
-def load_checkpoint(path):
-    """(state_dict, model_args) of a train.py checkpoint."""
-    if not os.path.isfile(path):
-        raise ExportError(f"no checkpoint {path}")
+def read_checkpoint(path):
+    """(state_dict, model_args) of a train.py checkpoint (checkpoint.py's loader and its one-line errors)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch.load raises many types for a file that is not a torch zip archive
-        raise ExportError(f"{path} is not a MicroRWKV checkpoint ({one_line(e)})")
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
-            or not isinstance(ckpt.get("model_args"), dict):
-        raise ExportError(f"{path} is not a MicroRWKV checkpoint (no 'model' and 'model_args' entries)")
+        ckpt = load_checkpoint(path, mmap=True)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
     # checkpoints of a torch.compile'd model, written by other tools, prefix every key
-    sd = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
-    return sd, ckpt["model_args"]
+    return {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}, ckpt["model_args"]
 
 
 def check_exportable(sd, args):
@@ -114,15 +105,23 @@ class Source:
         return tied
 
 
-def convert_x051a(src, n_layer, n_head, head_size):
-    """MicroRWKV x051a -> RWKV-5.2. The runtime detects 5.2 from the key order (an 'ln_x' key, then a 2-D
-    att.time_decay) and the head count from time_decay's shape, so ln_x and gate come first in each block."""
+def embedding_and_norms(src, n_layer):
+    """What both layouts share: the embedding, ln0 (our ln_in) and each block's ln1/ln2 (ln_tmix/ln_cmix)."""
     w = {"emb.weight": src.take("wte.weight")}
     w["blocks.0.ln0.weight"], w["blocks.0.ln0.bias"] = src.norm("ln_in")
     for i in range(n_layer):
-        o, att, ffn = f"blocks.{i}.", f"blocks.{i}.tmix.", f"blocks.{i}.cmix."  # official o..., ours
+        o = f"blocks.{i}."
         w[o + "ln1.weight"], w[o + "ln1.bias"] = src.norm(o + "ln_tmix")
         w[o + "ln2.weight"], w[o + "ln2.bias"] = src.norm(o + "ln_cmix")
+    return w
+
+
+def convert_x051a(src, n_layer, n_head, head_size):
+    """MicroRWKV x051a -> RWKV-5.2. The runtime detects 5.2 from the key order (an 'ln_x' key, then a 2-D
+    att.time_decay) and the head count from time_decay's shape, so ln_x and gate come first in each block."""
+    w = embedding_and_norms(src, n_layer)
+    for i in range(n_layer):
+        o, att, ffn = f"blocks.{i}.", f"blocks.{i}.tmix.", f"blocks.{i}.cmix."  # official o..., ours
         w[o + "att.ln_x.weight"], w[o + "att.ln_x.bias"] = src.norm(att + "ln_x")
         for name in ("gate", "receptance", "key", "value", "output"):
             w[o + f"att.{name}.weight"] = src.linear(att + name)
@@ -142,12 +141,9 @@ def convert_x051a(src, n_layer, n_head, head_size):
 def convert_x070(src, n_layer, n_head, head_size):
     """MicroRWKV x070 (RWKV-LM's RWKV-7 parameter names and shapes) -> RWKV-7: renames only; the runtime
     reads n_head, head_size from att.r_k (H, N) and transposes the Linear weights itself."""
-    w = {"emb.weight": src.take("wte.weight")}
-    w["blocks.0.ln0.weight"], w["blocks.0.ln0.bias"] = src.norm("ln_in")
+    w = embedding_and_norms(src, n_layer)
     for i in range(n_layer):
         o, att, ffn = f"blocks.{i}.", f"blocks.{i}.tmix.", f"blocks.{i}.cmix."  # official o..., ours
-        w[o + "ln1.weight"], w[o + "ln1.bias"] = src.norm(o + "ln_tmix")
-        w[o + "ln2.weight"], w[o + "ln2.bias"] = src.norm(o + "ln_cmix")
         for name in X070_ATT:
             if i == 0 and name in ("v0", "v1", "v2"):  # layer 0's value is v_first itself: no residual mix
                 src.sd.pop(att + name, None)
@@ -225,7 +221,7 @@ def main(argv=None):
         if os.path.exists(args.output) and not args.force:  # fail before the (slow) load
             raise ExportError(f"{args.output} exists; pass --force to overwrite it")
         name = args.model_name.removesuffix(".pt")
-        sd, model_args = load_checkpoint(os.path.join(args.out_dir, name + ".pt"))
+        sd, model_args = read_checkpoint(os.path.join(args.out_dir, name + ".pt"))
         w, fmt = convert(sd, model_args, DTYPES[args.dtype])
         save_atomic(w, args.output, args.force)
     except ExportError as e:

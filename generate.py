@@ -58,16 +58,11 @@ from dataclasses import asdict, fields
 
 import torch
 
-from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint, one_line
+from checkpoint import CheckpointError, cast_weights, checkpoint_path, load_checkpoint, model_from_checkpoint, \
+    one_line
 from model import GPTConfig, KVCache, LayerState, TimeMixState, sample
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# parameters kept in float32 when the weights are cast down: TimeMix's GroupNorm (F.group_norm on CPU refuses
-# a float32 input with bf16 weights), x051a's decay / bonus and x070's per-channel decay, ICL-rate and
-# value-residual bases and key / bonus scales, all read with .float() / .to(float32) by the model: vectors,
-# no bandwidth to save, and rounding a decay to bf16 changes how long a head remembers
-FLOAT32_PARAMS = ("ln_x.weight", "ln_x.bias", "time_decay", "time_faaaa",
-                  ".w0", ".a0", ".v0", ".k_k", ".k_a", ".r_k")
 STATE_FORMAT = "microrwkv-generate-state"
 STATE_TYPES = {t.__name__: t for t in (TimeMixState, KVCache, LayerState)}
 
@@ -123,15 +118,6 @@ def load_model(out_dir, model_name, device):
     except CheckpointError as e:
         die(e)
     return model.to(device).eval()
-
-
-def cast_weights(model, dtype):
-    """The model with its weights stored in `dtype` (bf16 / fp16), but FLOAT32_PARAMS; ties stay tied."""
-    model.to(dtype)
-    for name, p in model.named_parameters():
-        if name.endswith(FLOAT32_PARAMS):
-            p.data = p.data.float()
-    return model
 
 
 def get_tokenizer():

@@ -22,33 +22,17 @@ written when --out names it.
 
 import argparse
 import glob
-import json
 import os
 import sys
-import tempfile
+
+from metrics import save_figure, steps_and_evals
 
 METRICS = "metrics.jsonl"
 
 
 def read_metrics(path):
     """(step rows, eval rows) of a metrics.jsonl file or of the out_dir holding one."""
-    if os.path.isdir(path):
-        path = os.path.join(path, METRICS)
-    steps, evals = [], []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash
-            if "train_loss" in row:
-                steps.append(row)
-            if "eval_val" in row:
-                evals.append(row)
-    return steps, evals
+    return steps_and_evals(path)
 
 
 def expand_group(pattern):
@@ -107,21 +91,6 @@ def group_curves(runs, args):
             raise ValueError(f"only {len(curves)} of the group's {len(runs)} runs have these rows")
         out.append(aggregate(curves) if curves else None)
     return out
-
-
-def save_atomic(fig, path, dpi=120):
-    """fig to path through a temp file in the same directory, renamed over it only when complete."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    ext = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=ext)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=ext[1:])
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv=None):
@@ -194,7 +163,7 @@ def main(argv=None):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_atomic(fig, args.out)
+    save_figure(fig, args.out)
     plt.close(fig)
     print(f"wrote {args.out}")
     return 0

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from data import hub_reachable
-from model import GPT, GPTConfig, LanguageModel, token_shift
+from model import GPT, LanguageModel, token_shift
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HUB_PREFIXES = ("openai-community/gpt2", "RWKV/rwkv-4-")
@@ -61,6 +61,22 @@ def load_pretrained(init_from, device="cpu", dropout=0.0):
     else:
         raise PretrainedError(f"{init_from} holds a {model_type!r} model; only GPT-2 ('gpt2') and RWKV-4 ('rwkv') load")
     return model.to(device), model_args
+
+
+def load_for_training(init_from, block_size, eval_only, dropout=0.0):
+    """load_pretrained for train.py: RWKV-4 only for evaluation, and GPT-2's learned positions cropped to the
+    configured block_size (the batches keep it), as nanoGPT does. PretrainedError on a bad combination."""
+    model, model_args = load_pretrained(init_from, device="cpu", dropout=dropout)
+    if model_args.get("model_type") not in ("microrwkv", "gpt") and not eval_only:
+        raise PretrainedError(f"{init_from} is a {model_args.get('model_type')} model, which train.py only "
+                              "evaluates: set eval_only=True")
+    if block_size > model_args["block_size"]:
+        raise PretrainedError(f"block_size={block_size} exceeds the pretrained model's context of "
+                              f"{model_args['block_size']}")
+    if model_args.get("model_type") == "gpt":
+        model.crop_block_size(block_size)
+        model_args["block_size"] = block_size
+    return model, model_args
 
 
 def check_tokenizer(model, meta):

@@ -15,33 +15,29 @@ $ python train.py config/eval_gpt2.py
 DDP on 4 GPUs of one node (gradient_accumulation_steps is the total over all processes):
 $ torchrun --standalone --nproc_per_node=4 train.py config/train_tinystories.py
 
-DDP across 2 nodes of 8 GPUs (run on each, with --node_rank=0 / 1):
-$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py config/train_tinystories.py --gradient_accumulation_steps=16
-
 Check a command line without running it (the config is built and validated, nothing is read or written):
 $ python train.py config/train_tinystories.py --dry_run=True
 
-Outputs in out_dir: ckpt.pt (latest), ckpt-<iter>.pt (every ckpt_interval steps and at the end),
-metrics.jsonl (see metrics.py). Every reported loss is cross-entropy; the MoE load-balancing loss is
-logged in its own column (the objective adds aux_loss_weight times it). Plot with plot_metrics.py.
-`python train.py --help` lists every config key with its default.
+Outputs in out_dir: ckpt.pt (latest), ckpt-<iter>.pt (every ckpt_interval steps and at the end; see
+checkpoint.py), metrics.jsonl (see metrics.py). Every reported loss is cross-entropy; the MoE aux loss is
+logged in its own column. `python train.py --help` lists every config key with its default.
 """
 
 import dataclasses
-import json
 import math
 import os
 import sys
 import time
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 
+import parallel
 from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint, \
     restore_rng_states, rng_states, save_checkpoint
 from configurator import ConfigError, apply_config, format_help
-from metrics import peak_flops, restart_metrics
+from data import DataError, get_batch, load_tokens
+from metrics import MetricsLog, peak_flops
 from model import GPTConfig, build_model
 
 # -----------------------------------------------------------------------------
@@ -123,9 +119,8 @@ if init_from not in ('scratch', 'resume'):
             f"got {init_from!r}")
 if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
-for _k in ('max_iters', 'ckpt_interval', 'eval_iters', 'log_interval', 'eval_interval', 'batch_size',
-           'gradient_accumulation_steps'):
-    _min = 0 if _k in ('max_iters', 'ckpt_interval') else 1
+for _k, _min in (('max_iters', 0), ('ckpt_interval', 0), ('eval_iters', 1), ('log_interval', 1),
+                 ('eval_interval', 1), ('batch_size', 1), ('gradient_accumulation_steps', 1)):
     if globals()[_k] < _min:
         die(f"{_k} must be >= {_min}, got {globals()[_k]}")
 ddp_world_size = int(os.environ.get('WORLD_SIZE', 1))
@@ -142,22 +137,11 @@ if wandb_log and not eval_only and int(os.environ.get('RANK', 0)) == 0:
     except ImportError:
         die("wandb_log=True but wandb is not installed (pip install wandb), or run with --wandb_log=False")
 # -----------------------------------------------------------------------------
-
 # various inits, derived attributes, I/O setup
-ddp = int(os.environ.get('RANK', -1)) != -1  # is this a ddp run?
-if ddp:
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    dist.init_process_group(backend=backend or ('nccl' if device.startswith('cuda') else 'gloo'))
-    ddp_rank = int(os.environ['RANK'])
-    ddp_local_rank = int(os.environ['LOCAL_RANK'])
-    if device.startswith('cuda'):
-        device = f'cuda:{ddp_local_rank}'
-        torch.cuda.set_device(device)
-    master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
-    gradient_accumulation_steps //= ddp_world_size  # each process does its share of the micro-steps
-else:
-    ddp_rank, master_process = 0, True
+ddp = int(os.environ.get('RANK', -1)) != -1  # is this a ddp run (torchrun)?
+ddp_rank, ddp_local_rank, ddp_world_size, device = parallel.setup(device, backend)
+master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
+gradient_accumulation_steps //= ddp_world_size  # each process does its share of the micro-steps
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
@@ -197,56 +181,35 @@ elif init_from == 'resume':
     model_args = dataclasses.asdict(model.config)
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
 else:  # pretrained weights (pretrained.py; needs transformers): the architecture comes from the checkpoint
-    from pretrained import PretrainedError, load_pretrained
+    from pretrained import PretrainedError, check_tokenizer, load_for_training
     if master_process:
         print(f"Initializing from pretrained weights: {init_from}")
     try:
-        model, model_args = load_pretrained(init_from, device='cpu', dropout=dropout)
+        model, model_args = load_for_training(init_from, block_size, eval_only, dropout)
     except PretrainedError as e:
         die(e)
-    if model_args.get('model_type') not in ('microrwkv', 'gpt') and not eval_only:
-        die(f"{init_from} is a {model_args.get('model_type')} model, which train.py only evaluates: set eval_only=True")
-    if block_size > model_args['block_size']:
-        die(f"block_size={block_size} exceeds the pretrained model's context of {model_args['block_size']}")
-    if model_args.get('model_type') == 'gpt':
-        model.crop_block_size(block_size)  # the batches keep the configured block_size, as nanoGPT does
-        model_args['block_size'] = block_size
 config.update({k: v for k, v in model_args.items() if k in config})
 for k in model_keys:  # what follows reads the model's real architecture
     globals()[k] = model_args.get(k, globals()[k])
 
-# data: random windows of the token memmaps. Every process draws the same global batch from one seeded
-# generator and takes its own rows, so the batches depend on the seed only, not on the number of processes,
-# and the generator's state in the checkpoint resumes them exactly.
-from data import DataError, load_tokens  # noqa: E402
-
+# data: random windows of the token memmaps (data.get_batch), drawn from a seeded generator whose state goes
+# into the checkpoint, so a resumed run sees exactly the batches the uninterrupted one would
 data_dir = data_dir or os.path.join('data', dataset)
 try:
     train_data, val_data, meta = load_tokens(data_dir, vocab_size)
+    splits = {'train': train_data, 'val': val_data}
     if init_from not in ('scratch', 'resume'):
-        from pretrained import check_tokenizer
-        check_tokenizer(model, meta)
+        check_tokenizer(model, meta)  # e.g. RWKV-4 reads GPT-NeoX ids, not GPT-2's
 except (DataError, ValueError) as e:
     die(e)
-for _name, _data in (('train', train_data), ('val', val_data)):
-    if len(_data) <= block_size + 1:
-        die(f"{_name} split in {data_dir} has {len(_data)} tokens, fewer than block_size + 2 = {block_size + 2}")
+for _name in ('train', 'val'):
+    if len(splits[_name]) <= block_size + 1:
+        die(f"{_name} split in {data_dir} has {len(splits[_name])} tokens, fewer than block_size + 2 = {block_size + 2}")
 train_gen = torch.Generator().manual_seed(seed)
 
 
-def get_batch(split, generator):
-    """This process's batch_size rows of a global batch of batch_size * world_size windows."""
-    data = train_data if split == 'train' else val_data
-    ix = torch.randint(len(data) - block_size, (batch_size * ddp_world_size,), generator=generator)
-    ix = ix[ddp_rank * batch_size:(ddp_rank + 1) * batch_size].tolist()
-    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
-    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
-    if device_type == 'cuda':
-        # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
-        x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    else:
-        x, y = x.to(device), y.to(device)
-    return x, y
+def batch(split, generator):
+    return get_batch(splits[split], block_size, batch_size, generator, device, ddp_rank, ddp_world_size)
 
 
 model.to(device)
@@ -278,23 +241,10 @@ if compile:
 if ddp:
     # experts that receive no token in a step leave parameters without gradients
     find_unused = bool(model_type == 'microrwkv' and use_moe and num_active_experts < num_experts)
-    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None,
-                find_unused_parameters=find_unused)
+    model = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None, find_unused_parameters=find_unused)
 eval_model = raw_model if not compile else (model.module if ddp else model)
-
-
-def global_mean(value):
-    """The mean of a per-process float over all processes (the value itself without DDP)."""
-    if not ddp:
-        return value
-    t = torch.tensor(value, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item() / ddp_world_size
-
-
-def cross_entropy(loss, aux_loss):
-    """The cross-entropy part of the training loss (which adds the weighted MoE aux loss)."""
-    return loss - getattr(raw_model.config, 'aux_loss_weight', 0.0) * aux_loss
+aux_weight = getattr(raw_model.config, 'aux_loss_weight', 0.0)  # the loss adds aux_weight * MoE aux loss
 
 
 @torch.no_grad()
@@ -307,45 +257,33 @@ def estimate_loss():
         gen = torch.Generator().manual_seed(seed + 7_919 * (split_idx + 1))
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
-            X, Y = get_batch(split, gen)
+            X, Y = batch(split, gen)
             with ctx:
                 _, loss, aux = eval_model(X, Y, return_aux_loss=True)
-            losses[k] = cross_entropy(loss, aux).item()
-        out[split] = global_mean(losses.mean().item())
+            losses[k] = (loss - aux_weight * aux).item()  # cross-entropy: the loss less the MoE aux loss
+        out[split] = parallel.global_mean(losses.mean().item(), device)
     eval_model.train()
     return out
 
 
-# learning rate decay scheduler (cosine with warmup); `it` counts steps from 0
+# learning rate decay scheduler: linear warmup for warmup_iters steps, then cosine decay to min_lr at
+# lr_decay_iters, then min_lr; `it` counts steps from 0
 def get_lr(it):
     if not decay_lr:
         return learning_rate
-    # 1) linear warmup for warmup_iters steps
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    # 2) if it > lr_decay_iters, return min learning rate
     if it >= lr_decay_iters:
         return min_lr
-    # 3) in between, use cosine decay down to min learning rate
     decay_ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 1..0
     return min_lr + coeff * (learning_rate - min_lr)
 
 
-def gather(state):
-    """A per-process uint8 RNG state as a (world_size, n) tensor, one row per process (a DDP collective)."""
-    if not ddp:
-        return state.unsqueeze(0)
-    states = [None] * ddp_world_size
-    dist.all_gather_object(states, state)
-    return torch.stack(states)
-
-
 def stop_non_finite(what):
     if master_process:
         print(f"error: non-finite {what} at iter {iter_num}; last good checkpoint: {last_ckpt}", file=sys.stderr, flush=True)
-    if ddp:
-        dist.destroy_process_group()
+    parallel.teardown()
     sys.exit(1)
 
 
@@ -360,29 +298,18 @@ def save(name, rng):
     return path
 
 
-# metrics: one JSON object per line; a resumed run drops the rows after its checkpoint and appends
-metrics_file = None
+metrics = None  # metrics.jsonl (and wandb): a resumed run keeps the rows up to its checkpoint
 if master_process and not eval_only:
-    metrics_file = restart_metrics(os.path.join(out_dir, 'metrics.jsonl'), iter_num if init_from == 'resume' else None)
-    if wandb_log:
-        wandb.init(project=wandb_project, name=wandb_run_name, config=config, mode=wandb_mode or None)
-
-
-def log_metrics(row):
-    if metrics_file is not None:
-        metrics_file.write(json.dumps(row) + '\n')
-        metrics_file.flush()
-        if wandb_log:
-            wandb.log({k: v for k, v in row.items() if k != 'iter'}, step=row['iter'])
+    run = wandb.init(project=wandb_project, name=wandb_run_name, config=config, mode=wandb_mode or None) \
+        if wandb_log else None
+    metrics = MetricsLog(os.path.join(out_dir, 'metrics.jsonl'), iter_num if init_from == 'resume' else None, run)
 
 
 # training loop
-if ddp:
-    dist.barrier()
+parallel.barrier()
 last_ckpt = ckpt_path if init_from == 'resume' else 'none'
 start_iter = iter_num
 run_t0 = time.time()
-local_iter_num = 0  # number of iterations in the lifetime of this process
 while True:
     # RNG state before this step: a checkpoint of the state after iter_num steps resumes from here
     step_rng = rng_states(train_gen, device)
@@ -392,8 +319,9 @@ while True:
         losses = estimate_loss()
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            log_metrics({'iter': iter_num, 'eval_train': losses['train'], 'eval_val': losses['val'],
-                         'tokens': iter_num * tokens_per_iter})
+            if metrics is not None:
+                metrics.log({'iter': iter_num, 'eval_train': losses['train'], 'eval_val': losses['val'],
+                             'tokens': iter_num * tokens_per_iter})
         if eval_only:
             break
         if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
@@ -407,7 +335,7 @@ while True:
     if iter_num > start_iter and (save_latest or save_numbered):
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
             stop_non_finite('parameters')  # never overwrite a good checkpoint with a broken model
-        rng = {k: gather(s) for k, s in step_rng.items()}  # a collective: every rank calls it
+        rng = {k: parallel.gather_rows(s) for k, s in step_rng.items()}  # a collective under DDP: every rank calls it
         if master_process:
             if save_latest or (save_numbered and always_save_checkpoint):
                 last_ckpt = save('ckpt', rng)
@@ -427,58 +355,46 @@ while True:
     ce_sum = torch.zeros((), device=device)
     aux_sum = torch.zeros((), device=device)
     for micro_step in range(gradient_accumulation_steps):
-        X, Y = get_batch('train', train_gen)
+        X, Y = batch('train', train_gen)
         # in DDP, only sync gradients at the last micro step
         sync_ctx = model.no_sync() if ddp and micro_step < gradient_accumulation_steps - 1 else nullcontext()
         with sync_ctx:
             with ctx:
-                logits, loss, aux_loss = model(X, Y, return_aux_loss=True)
-                ce_sum += cross_entropy(loss.detach().float(), aux_loss.detach().float())
+                _, loss, aux_loss = model(X, Y, return_aux_loss=True)
+                ce_sum += loss.detach().float() - aux_weight * aux_loss.detach().float()
                 aux_sum += aux_loss.detach().float()
                 loss = loss / gradient_accumulation_steps  # scale the loss to account for gradient accumulation
             # backward pass, with gradient scaling if training in fp16
             scaler.scale(loss).backward()
     # stop on a non-finite loss (in DDP every rank stops together), keeping the checkpoints as they are
-    bad = (~torch.isfinite(ce_sum)).float()
-    if ddp:
-        dist.all_reduce(bad)
-    if bad.item() > 0:
+    if parallel.any_process(not torch.isfinite(ce_sum).item()):
         iter_num += 1  # report the step (1-based) whose loss was non-finite
         stop_non_finite('loss')
-    # clip the gradient
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     # step the optimizer and scaler if training in fp16
     scaler.step(optimizer)
     scaler.update()
-    # flush the gradients as soon as we can, no need for this memory anymore
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
-    local_iter_num += 1
 
     # timing and logging (losses are means over every process's micro-steps: the global batch)
     t1 = time.time()
     dt = t1 - t0  # this step's forward/backward/update time (evaluation and checkpointing excluded)
     if iter_num % log_interval == 0:
-        lossf = global_mean(ce_sum.item() / gradient_accumulation_steps)
-        auxf = global_mean(aux_sum.item() / gradient_accumulation_steps)
+        lossf = parallel.global_mean(ce_sum.item() / gradient_accumulation_steps, device)
+        auxf = parallel.global_mean(aux_sum.item() / gradient_accumulation_steps, device)
         if master_process:
             tflops = flops_per_token * tokens_per_iter / dt / 1e12  # achieved, counted by model.flops_per_token
             mfu = f", mfu {tflops * 1e12 / peak * 100:.2f}%" if peak else ""
             print(f"iter {iter_num}: loss {lossf:.4f}, aux {auxf:.4f}, lr {lr:.2e}, time {dt * 1000:.2f} ms, "
                   f"tok/s {tokens_per_iter / dt:,.0f}, {tflops:.3f} TFLOP/s{mfu}")
-            log_metrics({'iter': iter_num, 'train_loss': lossf, 'aux_loss': auxf, 'lr': lr, 'dt_ms': dt * 1000,
+            metrics.log({'iter': iter_num, 'train_loss': lossf, 'aux_loss': auxf, 'lr': lr, 'dt_ms': dt * 1000,
                          'tok_s': tokens_per_iter / dt, 'tflops': tflops,
                          **({'mfu': tflops * 1e12 / peak} if peak else {}), 'tokens': iter_num * tokens_per_iter,
                          'elapsed_s': t1 - run_t0})
 
-if metrics_file is not None:
-    metrics_file.close()
-    if wandb_log:
-        wandb.finish()
-if ddp:
-    # rank 0 may still be writing checkpoints: a rank that tears gloo down while its peers are connected
-    # aborts the whole job ("terminate called without an active exception"), so wait for everyone first
-    dist.barrier()
-    dist.destroy_process_group()
+if metrics is not None:
+    metrics.close()
+parallel.teardown()

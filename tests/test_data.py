@@ -5,7 +5,6 @@ test_prepare.py and test_prepare_openwebtext.py."""
 import io
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+from conftest import ROOT, SHARED  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402

@@ -6,20 +6,17 @@ import re
 import subprocess
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-shared = Path(__file__).resolve().parents[1].parent / "shared"
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(shared / "tiktoken_cache"))
-
+import checkpoint  # noqa: E402
 import generate  # noqa: E402
 import model as model_module  # noqa: E402
 from model import GPTConfig, build_model  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT  # noqa: E402
 EOT = 50256
 # block_size 16 and window 8, so that 120 tokens run far past both; GPT needs its positions for the whole run
 TINY = dict(block_size=16, n_layer=2, n_head=2, n_embd=32, head_size=16, n_kv_head=1, window_size=8,
@@ -355,13 +352,13 @@ def test_bfloat16_weights(models_dir, name):
     stays float32, and the logits of the prompt and the next two tokens (teacher-forced with float32's greedy
     tokens) are within 5% of float32's largest logit (measured: at most 2.8%, on weights of gain 1)."""
     model = generate.load_model(str(models_dir), name, "cpu")
-    half = generate.cast_weights(generate.load_model(str(models_dir), name, "cpu"), torch.bfloat16)
+    half = checkpoint.cast_weights(generate.load_model(str(models_dir), name, "cpu"), torch.bfloat16)
     for m in (model, half):
         generate.mask_padding_ids(m, EOT + 1)
     assert half.lm_head.weight is half.wte.weight  # still tied: read once
     kept = set()
     for n, p in half.named_parameters():
-        if n.endswith(generate.FLOAT32_PARAMS):
+        if n.endswith(checkpoint.FLOAT32_PARAMS):
             assert p.dtype == torch.float32, n
             kept.add(n)
         else:

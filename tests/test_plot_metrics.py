@@ -32,12 +32,12 @@ def write_run(path, seed, iters=(0, 10, 20, 30), tokens_per_iter=100):
 def capture(monkeypatch):
     """The figure main() saves, kept for inspection (it is still written)."""
     figures = []
-    save = plot_metrics.save_atomic
+    save = plot_metrics.save_figure
 
     def keep(fig, path, **kw):
         figures.append(fig)
         save(fig, path, **kw)
-    monkeypatch.setattr(plot_metrics, "save_atomic", keep)
+    monkeypatch.setattr(plot_metrics, "save_figure", keep)
     return figures
 
 

@@ -13,12 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TRAIN_TXT = SHARED / "data" / "tinystories" / "train_sample_lower.txt"
+from conftest import ROOT, SAMPLE as TRAIN_TXT, SHARED  # noqa: E402
+
 VALID_TXT = SHARED / "data" / "tinystories" / "valid_sample.txt"
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
-sys.path.insert(0, str(ROOT))
 
 import tiktoken  # noqa: E402
 

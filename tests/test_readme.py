@@ -37,3 +37,22 @@ def test_readme_flags_are_in_help(script):
     # train.py's --help lists config keys ("key = default"), the others argparse flags ("--key")
     unknown = [f for f in sorted(flags) if f"--{f}" not in help_text and not re.search(rf"^\s+{f}\s+=", help_text, re.M)]
     assert not unknown, f"README shows {script} flags its --help does not list: {unknown}"
+
+
+def results_sections():
+    """(title, text) of every ### subsection of the README's Results section."""
+    results = README.split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^### (.+?)\n(.*?)(?=^### |\Z)", results, flags=re.S | re.M)
+
+
+def test_every_result_has_its_command_and_saved_output():
+    sections = results_sections()
+    assert len(sections) >= 3
+    for title, text in sections:
+        if "|" not in text and "![" not in text:
+            continue  # prose only
+        assert "```bash" in text, f"README section '{title}' shows numbers without the command that made them"
+        outputs = [p for p in re.findall(r"assets/[\w./-]+", text) if not p.endswith(".png")]
+        assert outputs, f"README section '{title}' names no raw output in assets/"
+        missing = [p for p in outputs if not (ROOT / p).is_file()]
+        assert not missing, f"README section '{title}' names missing files: {missing}"
