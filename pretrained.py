@@ -282,12 +282,7 @@ class RWKV4(LanguageModel):
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 
     def _forward(self, idx, state, all_logits):
-        x = self.embeddings(idx)
-        state = state or [None] * len(self.blocks)
-        new_state = []
-        for block, layer_state in zip(self.blocks, state):
-            x, s = block(x, layer_state)
-            new_state.append(s)
+        x, new_state = self._through_blocks(self.embeddings(idx), state)
         x = self.ln_out(x)
         logits = self.head(x if all_logits else x[:, [-1]])
         return logits, new_state, x.new_zeros((), dtype=torch.float32)

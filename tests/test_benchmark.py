@@ -173,8 +173,8 @@ def test_config_file_microrwkv_without_gqa_is_constant(tmp_path):
 
 def test_ckpt_architecture_and_time_budget(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    torch.save({"model_args": {"n_layer": 1, "n_embd": 64, "n_head": 2, "vocab_size": 300, "block_size": 32,
-                               "model_type": "gpt", "head_size": 32}}, ckpt)
+    torch.save({"model": {}, "model_args": {"n_layer": 1, "n_embd": 64, "n_head": 2, "vocab_size": 300,
+                                            "block_size": 32, "model_type": "gpt", "head_size": 32}}, ckpt)
     out = tmp_path / "out"
     bench.main(["--quick", "--models", "rwkv,gpt-nocache", "--ckpt", str(ckpt), "--max_new_tokens", "40",
                 "--prompt_len", "4", "--time_budget", "1e-9", "--out_dir", str(out), "--plot", str(tmp_path / "b.png")])

@@ -1,38 +1,17 @@
-"""model.py: every block causal and batch-independent, recurrent == parallel, TinyMoE routing and aux loss."""
+"""model.py: every block causal and batch-independent, recurrent == parallel, TinyMoE routing and aux loss, the fast
+training paths (banded SWA, sorted MoE dispatch, any TimeMix chunk length, torch.compile) equal to the plain ones."""
+import copy
+import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from model import GPT, GPTConfig, ChannelMix, ChannelMix7, CausalSelfAttention, MicroRWKV, TimeMix, TimeMix7, TinyMoE, \
-    build_model
-
-ROOT = Path(__file__).resolve().parents[1]
-V = 97  # a small vocabulary keeps the tests fast
-
-
-def tiny_config(**overrides):
-    """All five blocks, small: window 8 and chunk 16 so that T=45 crosses both (45 is no multiple of 16)."""
-    args = dict(block_size=64, vocab_size=V, n_layer=2, n_head=4, n_embd=32, head_size=8, chunk_len=16,
-                window_size=8, n_kv_head=2, num_experts=4, num_active_experts=2, expert_dim=48)
-    args.update(overrides)
-    return GPTConfig(**args)
-
-
-def randomize(module, scale=1.0, seed=0):
-    """Weights of non-trivial scale: the small init would hide leaks behind near-zero activations.
-
-    Matrices get N(0, scale^2 / fan_in) added (unit gain: activations neither vanish nor explode), vectors
-    (norms, biases, time_* parameters) N(0, (0.3 scale)^2)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            std = scale / p.shape[-1] ** 0.5 if p.dim() >= 2 else 0.3 * scale
-            p.add_(torch.randn(p.shape, generator=gen) * std)
-    return module.eval()
-
+from conftest import ROOT, V, randomize, tiny_config
+from model import GPT, GPTConfig, ChannelMix, ChannelMix7, CausalSelfAttention, KVCache, MicroRWKV, TimeMix, TimeMix7, \
+    TinyMoE, apply_rotary, build_model, sliding_window_attention
 
 # the three kinds of model: MicroRWKV with RWKV-5 (x051a) or RWKV-7 (x070) blocks, and GPT
 KINDS = {"microrwkv": {}, "microrwkv-x070": {"rwkv_version": "x070"}, "gpt": {"model_type": "gpt"}}
@@ -429,3 +408,139 @@ def test_gpt_reprefill_gives_the_logits_of_a_fresh_prefill():
         fresh, _ = model.forward_with_state(idx[:, -8:])
     assert state[0].pos == 8 and history[0].shape[1] == 8
     assert torch.allclose(logits[:, -1], fresh[:, -1], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- speed paths
+
+
+def dense_swa(attn, x, state):
+    """SWA written densely: the T x S mask of positions pos_q - W < pos_k <= pos_q, pos_k >= 0, over all keys."""
+    B, T, C = x.shape
+    H, D, W = attn.n_head, attn.head_dim, attn.window_size
+    pos = 0 if state is None else state.pos
+    q, k, v = (lin(x).view(B, T, H, D).transpose(1, 2) for lin in (attn.query, attn.key, attn.value))
+    positions = torch.arange(pos, pos + T)
+    q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+    if state is not None:
+        k, v = torch.cat([state.k, k], dim=2), torch.cat([state.v, v], dim=2)
+    S = k.shape[2]
+    q_pos, k_pos = positions.view(T, 1), torch.arange(pos + T - S, pos + T).view(1, S)
+    mask = (k_pos <= q_pos) & (k_pos > q_pos - W) & (k_pos >= 0)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return attn.output(y.transpose(1, 2).reshape(B, T, C))
+
+
+@pytest.mark.parametrize("prefix", [0, 5, 13])  # no state; a state with empty cache slots (5 < W-1); a full cache
+@pytest.mark.parametrize("times_W, plus", [(1, -1), (1, 0), (2, 3), (5, 0)], ids=["W-1", "W", "2W+3", "5W"])
+def test_swa_banded_equals_dense_reference(times_W, plus, prefix):
+    """Long inputs (T > 2W) take the banded O(T W) path: outputs and gradients (input, cache, weights) equal
+    the dense masked attention's."""
+    config = tiny_config()
+    W = config.window_size
+    T = times_W * W + plus
+    attn = randomize(BLOCKS["swa"](config))
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, T, config.n_embd, generator=gen, requires_grad=True)
+    state = None
+    if prefix:
+        with torch.no_grad():
+            _, state = attn(torch.randn(2, prefix, config.n_embd, generator=gen))
+        state = KVCache(state.k.requires_grad_(), state.v.requires_grad_(), state.pos)
+    leaves = [x] + ([state.k, state.v] if state else []) + list(attn.parameters())
+    y, cache = attn(x, state)
+    y_ref = dense_swa(attn, x, state)
+    assert (y - y_ref).abs().max().item() < 1e-5
+    assert cache.k.shape[2] == W - 1 and cache.pos == prefix + T
+    w = torch.randn(y.shape, generator=gen)
+    for g, g_ref in zip(torch.autograd.grad((y * w).sum(), leaves), torch.autograd.grad((y_ref * w).sum(), leaves)):
+        assert (g - g_ref).abs().max().item() < 1e-5
+    # the banded function itself, also at the lengths where the module takes the dense path
+    with torch.no_grad():
+        q, k, v = (torch.randn(2, 4, n, 8, generator=gen) for n in (T, W - 1 + T, W - 1 + T))
+        q_pos, k_pos = torch.arange(prefix, prefix + T).view(T, 1), torch.arange(prefix - W + 1, prefix + T).view(1, -1)
+        mask = (k_pos <= q_pos) & (k_pos > q_pos - W) & (k_pos >= 0)
+        dense = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        assert (sliding_window_attention(q, k, v, W, prefix) - dense).abs().max().item() < 1e-5
+        if prefix == 0:  # no cache in front
+            dense = F.scaled_dot_product_attention(q, k[:, :, W - 1:], v[:, :, W - 1:], attn_mask=mask[:, W - 1:])
+            assert (sliding_window_attention(q, k[:, :, W - 1:], v[:, :, W - 1:], W) - dense).abs().max().item() < 1e-5
+
+
+def reference_moe(moe, x):
+    """TinyMoE's forward as it was first written: each expert scans `chosen` for its tokens, gathers them and
+    scatter-adds its output."""
+    B, T, C = x.shape
+    E, K = moe.num_experts, moe.num_active
+    x = x.reshape(B * T, C)
+    probs = F.softmax(moe.router(x).float(), dim=-1)
+    gates, chosen = probs.topk(K, dim=-1)
+    if K > 1:
+        gates = gates / gates.sum(-1, keepdim=True)
+    y = torch.zeros_like(x)
+    for e, expert in enumerate(moe.experts):
+        token, slot = torch.where(chosen == e)
+        if token.numel() > 0:
+            y.index_add_(0, token, expert(x[token]) * gates[token, slot].unsqueeze(-1).to(x.dtype))
+    share = F.one_hot(chosen, E).sum(dim=(0, 1)).float() / (B * T * K)
+    return y.view(B, T, C), E * (share * probs.mean(0)).sum()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_moe_sorted_dispatch_equals_per_expert_reference(k):
+    moe = randomize(TinyMoE(tiny_config(num_experts=4, num_active_experts=k)))
+    x = torch.randn(3, 40, moe.router.in_features, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    leaves = [x] + list(moe.parameters())
+    w = torch.randn(3, 40, x.shape[-1])
+    outs = [moe(x), reference_moe(moe, x)]
+    (y, aux), (y_ref, aux_ref) = outs
+    assert (y - y_ref).abs().max().item() < 1e-5 and abs(aux.item() - aux_ref.item()) < 1e-6
+    grads = [torch.autograd.grad((y_ * w).sum() + aux_, leaves, allow_unused=True) for y_, aux_ in outs]
+    for g, g_ref in zip(*grads):
+        assert (g is None) == (g_ref is None) and (g is None or (g - g_ref).abs().max().item() < 1e-5)
+
+
+@pytest.mark.parametrize("L", [1, 3, 8, 16, 45, 64])
+def test_timemix_any_chunk_length_gives_the_same_result(L):
+    config = tiny_config()
+    tm = randomize(TimeMix(config, layer_id=1))
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 45, config.n_embd, generator=gen)
+    state = (torch.randn(2, config.n_embd, generator=gen), torch.randn(2, tm.n_head, 8, 8, generator=gen))
+    with torch.no_grad():
+        y, (_, S), _ = tm(x, state)  # the chunk length chunk_length(45) picks
+        tm.chunk_length = lambda T: L
+        y2, (_, S2), _ = tm(x, state)
+    rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()  # float32 rounding of values up to ~10
+    assert rel(y2, y) < 1e-5 and rel(S2, S) < 1e-5
+
+
+def test_timemix_chunk_length_rule():
+    tm = TimeMix(tiny_config(n_embd=128, head_size=64, chunk_len=128), layer_id=0)
+    assert [tm.chunk_length(T) for T in (1, 45, 256)] == [1, 45, 64]  # up to max(head_size, 32)
+    tm = TimeMix(tiny_config(n_embd=128, head_size=32, chunk_len=16), layer_id=0)
+    assert [tm.chunk_length(T) for T in (1, 45, 256)] == [1, 16, 16]  # never above chunk_len
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile's CPU backend (inductor) needs a C++ compiler")
+@pytest.mark.parametrize("overrides", [{}, dict(rwkv_version="x070", use_swa=False, use_gqa=False, use_moe=False)],
+                         ids=["all-five-blocks", "x070-pure"])
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
+def test_torch_compile_trains_like_eager(overrides):
+    """Three AdamW steps of a compiled model have the losses of the same steps in eager mode."""
+    torch.manual_seed(0)
+    eager = randomize(build_model(tiny_config(n_layer=1, **overrides)), scale=0.5).train()
+    twin = copy.deepcopy(eager)
+    idx = torch.randint(0, V, (3, 4, 45), generator=torch.Generator().manual_seed(5))
+    losses = []
+    for model, forward in ((eager, eager), (twin, torch.compile(twin))):
+        opt = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu")
+        losses.append([])
+        for step in range(3):
+            _, loss = forward(idx[step], idx[step])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses[-1].append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+    assert losses[0][2] < losses[0][0]  # it did train

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn as nn
 
 from model import ChannelMix7, GPTConfig, MicroRWKV, TimeMix7
 
