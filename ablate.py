@@ -379,8 +379,9 @@ def make_plot(rows, path, title):
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("val cross-entropy (nats/token)")
-    axes[0].set_title(title + ": at equal tokens")
-    axes[1].set_title(title + ": at equal training time")
+    fig.suptitle(title)
+    axes[0].set_title("at equal tokens")
+    axes[1].set_title("at equal training time")
     # the first evaluation (random init, ~10.8) would squash everything else: start the y axis below it
     later = [p for r in rows for p in mean_curve(r["runs"], 1)[1:]]
     if later:
