@@ -3,8 +3,10 @@ MicroRWKV and a GPT baseline, in one file.
 
 A MicroRWKV layer is five pre-norm residual sub-layers, in this order:
 
-    x = x + TimeMix(ln(x))       RWKV-5 ("x051a") linear attention with a matrix-valued state per head
-    x = x + ChannelMix(ln(x))    RWKV feed-forward with token shift
+    x = x + TimeMix(ln(x))       RWKV linear attention with a matrix-valued state per head: RWKV-5 ("x051a",
+                                 TimeMix) or, with rwkv_version="x070", RWKV-7 (TimeMix7: per-channel
+                                 data-dependent decay, delta-rule state update, value residual)
+    x = x + ChannelMix(ln(x))    RWKV feed-forward with token shift (ChannelMix or ChannelMix7)
     x = x + SWA(ln(x))           causal sliding-window attention (rotary positions)
     x = x + GQA(ln(x))           causal grouped-query attention (rotary positions)
     x = x + TinyMoE(ln(x))       top-k routed expert MLPs with a load-balancing loss
@@ -15,8 +17,9 @@ one token at a time, carrying a state). Both live side by side in the same class
 token by token. RWKV state is constant in size; the SWA cache holds exactly window_size - 1 entries; only
 GQA's cache grows with the context (switch it off with use_gqa=False for a constant-memory model).
 
-There is no learned absolute position embedding in MicroRWKV: RWKV's token shift and decay carry order,
-and the attention blocks use rotary embeddings, so generation can run past block_size.
+There is no learned absolute position embedding in MicroRWKV (unless learned_pos=True, for ablations):
+RWKV's token shift and decay carry order, and the attention blocks use rotary embeddings, so generation
+can run past block_size. States are named tuples (TimeMixState, KVCache, LayerState) that own their memory.
 """
 
 import math
