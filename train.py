@@ -221,8 +221,7 @@ peak = peak_flops(device_name, dtype, peak_flops_per_s)
 
 # initialize a GradScaler. If enabled=False scaler is a no-op
 scaler = torch.amp.GradScaler('cuda', enabled=(dtype == 'float16'))
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
-                                       **({'decay_time': True} if weight_decay_time else {}))
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, weight_decay_time)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     if 'scaler' in checkpoint and scaler.is_enabled():
@@ -239,8 +238,9 @@ if compile:
     print("compiling the model... (takes a ~minute)")
     model = torch.compile(model)
 if ddp:
-    # experts that receive no token in a step leave parameters without gradients
-    find_unused = bool(model_type == 'microrwkv' and use_moe and num_active_experts < num_experts)
+    # experts that receive no token in a step, and RWKV-7's layer-0 v0/v1/v2 (kept for the official layout),
+    # leave parameters without gradients
+    find_unused = model_type == 'microrwkv' and (use_moe and num_active_experts < num_experts or rwkv_version == 'x070')
     model = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None, find_unused_parameters=find_unused)
 eval_model = raw_model if not compile else (model.module if ddp else model)
