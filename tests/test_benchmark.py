@@ -3,7 +3,6 @@ out/ (or the path given) and never under assets/, the state / KV-cache bytes gro
 architectures say (constant for RWKV, linear for attention caches), the training table's statistics are
 consistent, the memory floor counts the bytes the parameter shapes and states say. No assertions on how fast
 anything is."""
-import dataclasses
 import json
 import math
 import re
@@ -23,8 +22,7 @@ N_LAYER, N_EMBD, N_HEAD, VOCAB, TOKENS, PROMPT = 2, 64, 4, 512, 64, 8
 TINY = ["--n_layer", str(N_LAYER), "--n_embd", str(N_EMBD), "--n_head", str(N_HEAD), "--vocab_size", str(VOCAB),
         "--max_new_tokens", str(TOKENS), "--prompt_len", str(PROMPT), "--quick", "--bandwidth_mb", "8"]
 FLOAT32, BFLOAT16 = 4, 2
-HAS_RWKV_VERSION = "rwkv_version" in {f.name for f in dataclasses.fields(GPTConfig)}
-INFERENCE_MODELS = ["microrwkv", "rwkv"] + ["rwkv7"] * HAS_RWKV_VERSION + ["gpt", "gpt-nocache"]
+INFERENCE_MODELS = ["microrwkv", "rwkv", "rwkv7", "gpt", "gpt-nocache"]
 
 
 def run(tmp_path, *args):
@@ -58,8 +56,8 @@ def test_all_models_outputs_and_state_bytes(tmp_path):
     head_size = 64
     rwkv = N_LAYER * (2 * N_EMBD + (N_EMBD // head_size) * head_size * head_size) * FLOAT32
     assert all(r["state_bytes"] == rwkv for r in rows["rwkv"])
-    if HAS_RWKV_VERSION:  # RWKV-7 keeps the same state: x_prev twice, one N x N matrix per head
-        assert all(r["state_bytes"] == rwkv for r in rows["rwkv7"])
+    # RWKV-7 keeps the same state: x_prev twice, one N x N matrix per head
+    assert all(r["state_bytes"] == rwkv for r in rows["rwkv7"])
     # GPT: K and V of every past token in every layer, exactly
     gpt_per_token = 2 * N_LAYER * N_EMBD * FLOAT32
     assert all(r["state_bytes"] == gpt_per_token * r["pos"] for r in rows["gpt"])
@@ -120,7 +118,7 @@ def test_param_bytes_read_by_hand():
 def test_memory_floor_and_bfloat16_state(tmp_path, capsys):
     """--bandwidth 10 GB/s: every row's floor is (weights read + the state passed in) / 10 GB/s; bf16 weights
     halve the weights and x_prev / KV caches, but TimeMix's S stays float32."""
-    models = ["rwkv"] + ["rwkv7"] * HAS_RWKV_VERSION + ["gpt"]
+    models = ["rwkv", "rwkv7", "gpt"]
     _, summary, rows = run(tmp_path, "--models", ",".join(models), "--bandwidth", "10", "--dtype", "bfloat16")
     assert "memory bandwidth: 10.00 GB/s (given by --bandwidth)" in capsys.readouterr().out
     assert summary["bandwidth_GBps"] == 10.0 and summary["dtype"] == "bfloat16"
@@ -262,7 +260,7 @@ def test_state_alloc_bytes_dedupes_shared_storage():
 # ----------------------------------------------------------------------------------------------------
 # benchmark_training.py
 
-TRAIN_MODELS = [m for m in benchmark_training.MODELS if HAS_RWKV_VERSION or m not in ("rwkv7", "microrwkv7")]
+TRAIN_MODELS = list(benchmark_training.MODELS)
 TRAIN_TINY = ["--n_layer", "1", "--n_embd", "64", "--n_head", "2", "--vocab_size", "256", "--seq_lens", "32",
               "--tokens_per_step", "64", "--steps", "1", "--warmup", "1", "--repeats", "3", "--threads", "1"]
 
@@ -349,9 +347,3 @@ def test_training_benchmark_bad_arguments(tmp_path, capsys, args, message):
     assert e.value.code != 0 and message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
-
-@pytest.mark.skipif(HAS_RWKV_VERSION, reason="model.py has rwkv_version: rwkv7 runs (tested above)")
-def test_training_benchmark_rwkv7_needs_rwkv_version(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        benchmark_training.main([*TRAIN_TINY, "--models", "rwkv7,gpt", "--out", str(tmp_path / "t.txt")])
-    assert "model rwkv7 needs GPTConfig field(s) ['rwkv_version']" in capsys.readouterr().err

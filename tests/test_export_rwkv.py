@@ -16,7 +16,6 @@ import export_rwkv
 from model import GPT, GPTConfig, MicroRWKV
 
 ROOT = Path(__file__).resolve().parents[1]
-HAS_X070 = "rwkv_version" in {f.name for f in dataclasses.fields(GPTConfig)}
 T = 40  # > chunk_len=16 and not a multiple of it: full chunks, a remainder, and chunk-crossing state
 RTOL = 1e-4
 # the RWKV-7 runtime scripts its functions with TorchScript, which torch deprecates
@@ -48,8 +47,6 @@ def runtime(v7=False):
 
 
 def small_config(**kw):
-    if HAS_X070:
-        kw.setdefault("rwkv_version", "x051a")
     base = dict(n_layer=3, n_embd=128, head_size=32, vocab_size=512, chunk_len=16, block_size=64, bias=False,
                 dropout=0.0, use_swa=False, use_gqa=False, use_moe=False, n_head=4, n_kv_head=2, window_size=8,
                 num_experts=2, num_active_experts=1, expert_dim=64)
@@ -156,7 +153,6 @@ def test_x051a_exports_as_rwkv_5_2_with_our_logits(tmp_path, bias):
     compare_with_runtime(model, rt, tokens(512))
 
 
-@pytest.mark.skipif(not HAS_X070, reason="GPTConfig has no rwkv_version field yet: no x070 TimeMix to export")
 def test_x070_exports_as_rwkv_7_with_our_logits(tmp_path):
     model = perturb(MicroRWKV(small_config(rwkv_version="x070"))).eval()
     save_checkpoint(model, tmp_path / "ckpt.pt")

@@ -28,7 +28,6 @@ SPEED = re.compile(r"^\[prompt (\d+) tokens \| generated ([\d, ]+) tokens(?: in 
                    r"decode \((recurrent|recompute)\) ([\d.]+ tok/s|n/a|[\d.]+ tok/s per sample, [\d.]+ tok/s total) "
                    r"\([\d.]+ s\) \| cpu (\w+)\]$")
 SEPARATOR = "\n" + "-" * 80 + "\n"
-HAS_RWKV_VERSION = "rwkv_version" in GPTConfig.__dataclass_fields__
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -346,7 +345,7 @@ def relative_error(logits, reference):
     return float((logits.float() - reference)[finite].abs().max() / reference[finite].abs().max())
 
 
-@pytest.mark.parametrize("name", ["ckpt", "gpt"] + ["x070"] * HAS_RWKV_VERSION)
+@pytest.mark.parametrize("name", ["ckpt", "gpt", "x070"])
 def test_bfloat16_weights(models_dir, name):
     """--dtype=bfloat16 stores the weights in bf16 (but the float32 vectors cast_weights names), TimeMix's state S
     stays float32, and the logits of the prompt and the next two tokens (teacher-forced with float32's greedy
@@ -461,12 +460,11 @@ def models_dir(tmp_path_factory):
     save(tiny_model(use_swa=False, use_gqa=False, use_moe=False), out / "rwkv.pt")
     save(tiny_model(**TINY_GPT), out / "gpt.pt")
     save(tiny_model(**dict(TINY_GPT, block_size=16)), out / "gpt16.pt")  # 40 tokens run past its positions
-    if HAS_RWKV_VERSION:
-        save(tiny_model(rwkv_version="x070", chunk_len=16), out / "x070.pt")
+    save(tiny_model(rwkv_version="x070", chunk_len=16), out / "x070.pt")
     return out
 
 
-@pytest.mark.parametrize("name", ["ckpt", "rwkv", "gpt", "gpt16"] + ["x070"] * HAS_RWKV_VERSION)
+@pytest.mark.parametrize("name", ["ckpt", "rwkv", "gpt", "gpt16", "x070"])
 def test_load_state_continues_like_one_run(models_dir, capsys, tmp_path, name):
     """A run from a saved prompt state prints what one uninterrupted run prints: greedy, sampled, in a batch."""
     state = tmp_path / "prompt.state"

@@ -171,13 +171,9 @@ def test_returned_state_owns_its_memory():
 
 # the official runtime (pip package rwkv): set up for x070 on CPU before its first import
 os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="0", RWKV_CUDA_ON="0")
-try:
-    with warnings.catch_warnings():  # it scripts its functions with torch.jit, deprecated in recent torch
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import rwkv.model as rwkv_model
-except ImportError:
-    rwkv_model = None
-needs_runtime = pytest.mark.skipif(rwkv_model is None, reason="the rwkv package is not installed")
+with warnings.catch_warnings():  # it scripts its functions with torch.jit, deprecated in recent torch
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import rwkv.model as rwkv_model  # a test requirement (requirements.txt): CI must run these
 
 
 def runtime_weights(module):
@@ -199,7 +195,6 @@ TMIX_ARGS = ("x_r x_w x_k x_v x_a x_g w0 w1 w2 a0 a1 a2 v0 v1 v2 g1 g2 k_k k_a r
              "value.weight output.weight ln_x.weight ln_x.bias").split()
 
 
-@needs_runtime
 @pytest.mark.parametrize("layer_id", [0, 2])
 @pytest.mark.parametrize("from_state", [False, True])
 def test_timemix_matches_official_runtime(layer_id, from_state):
@@ -234,7 +229,6 @@ def test_timemix_matches_official_runtime(layer_id, from_state):
             assert rel(y_one[b], torch.stack(outs)) < 1e-4 and rel(state_one[1][b], S_b) < 1e-4
 
 
-@needs_runtime
 def test_channelmix_matches_official_runtime():
     cmix = ChannelMix7(config(), 1)
     gen = torch.Generator().manual_seed(3)
