@@ -75,6 +75,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, cast_weights, load_checkpoint
+from configurator import ConfigError, read_keys
 from model import GPTConfig, build_model
 
 MODELS = {  # benchmark name -> GPTConfig overrides on top of the run's shared architecture
@@ -398,14 +399,11 @@ def architecture(args, parser):
     fields = set(GPTConfig.__dataclass_fields__) - {"model_type", "block_size", "dropout"}
     if args.config:
         # as train.py reads it: GPTConfig defaults, then the file (which may exec a sibling via __file__)
-        namespace = {f: getattr(GPTConfig, f) for f in GPTConfig.__dataclass_fields__}
-        namespace.update(__file__=args.config, __name__="__config__")
         try:
-            with open(args.config) as f:
-                exec(compile(f.read(), args.config, "exec"), namespace)  # nanoGPT config files are Python
-        except Exception as e:
-            parser.error(f"--config {args.config}: {type(e).__name__}: {e}")
-        arch.update({k: v for k, v in namespace.items() if k in fields})
+            values = read_keys(args.config, {f: getattr(GPTConfig, f) for f in GPTConfig.__dataclass_fields__})
+        except ConfigError as e:
+            parser.error(f"--config: {e}")
+        arch.update({k: v for k, v in values.items() if k in fields})
     if args.ckpt:
         try:
             model_args = load_checkpoint(args.ckpt, mmap=True)["model_args"]

@@ -24,7 +24,7 @@ import ast
 import os
 import types
 
-__all__ = ["ConfigError", "apply_config", "check_value", "format_help"]
+__all__ = ["ConfigError", "apply_config", "check_value", "format_help", "read_keys"]
 
 
 class ConfigError(ValueError):
@@ -61,7 +61,7 @@ def _is_config_value(value):
     return not isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type))
 
 
-def _apply_file(path, config):
+def _apply_file(path, config, unknown_keys="error"):
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -84,6 +84,8 @@ def _apply_file(path, config):
         if key.startswith("_") or not _is_config_value(value):
             continue
         if key not in config:
+            if unknown_keys == "ignore":
+                continue
             raise ConfigError(f"{path}: unknown config key '{key}'")
         config[key] = check_value(key, value, config[key], path)
 
@@ -117,6 +119,15 @@ def apply_config(args, config):
             raise ConfigError(f"expected a config file or --key=value, got '{arg}'")
         else:
             _apply_file(arg, config)
+    return config
+
+
+def read_keys(path, config):
+    """The values one config file gives the keys of `config` (their defaults for the rest), type-checked as
+    apply_config checks them; names the file assigns that are not keys of `config` (another script's keys,
+    e.g. batch_size for a script that only wants the model's fields) are ignored. ConfigError on a bad file."""
+    config = dict(config)
+    _apply_file(path, config, unknown_keys="ignore")
     return config
 
 

@@ -14,7 +14,6 @@ names it. The state sizes are also printed as a table. Bad input is one line `er
 
 import argparse
 import dataclasses
-import os
 import sys
 
 from metrics import save_figure
@@ -24,23 +23,10 @@ FLOAT32 = 4  # bytes
 
 def load_config(path=None):
     """A GPTConfig: the defaults, or the GPTConfig fields a config file assigns (other keys ignored)."""
-    if path is not None and not os.path.isfile(path):
-        raise ValueError(f"config file not found: {path}")
-    from configurator import check_value
+    from configurator import read_keys  # its ConfigError is a ValueError
     from model import GPTConfig
     defaults = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
-    args = dict(defaults)
-    if path is not None:
-        namespace = dict(defaults, __file__=path, __name__="__config__")
-        try:
-            with open(path, encoding="utf-8") as f:
-                exec(compile(f.read(), path, "exec"), namespace)
-        except SyntaxError as e:
-            raise ValueError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
-        except Exception as e:  # a config file is user code: report its error on one line
-            raise ValueError(f"{path}: {type(e).__name__}: {e}") from None
-        for key, default in defaults.items():
-            args[key] = check_value(key, namespace.get(key, default), default, path)
+    args = defaults if path is None else read_keys(path, defaults)
     config = GPTConfig(**args)  # validates the architecture (ValueError with the fields to change)
     if config.model_type != "microrwkv":
         raise ValueError(f"model_type={config.model_type!r}: draw_layer.py draws a MicroRWKV layer")

@@ -1,7 +1,7 @@
 """configurator.py: config files + --key=value overrides, checked against the defaults."""
 import pytest
 
-from configurator import ConfigError, apply_config, format_help
+from configurator import ConfigError, apply_config, format_help, read_keys
 
 DEFAULTS = {"batch_size": 12, "learning_rate": 6e-4, "compile": True, "out_dir": "out", "dataset": "tinystories_15k",
             "max_iters": 5000, "lr_decay_iters": 5000, "device": "cpu"}
@@ -73,3 +73,12 @@ def test_missing_file():
 def test_help_lists_keys():
     text = format_help(DEFAULTS)
     assert "batch_size" in text and "12" in text
+
+
+def test_read_keys_ignores_other_scripts_keys_but_checks_types(tmp_path):
+    cfg = write(tmp_path, "batch_size = 4\nn_layer = 2\n")
+    assert read_keys(cfg, {"batch_size": 12, "dataset": "x"}) == {"batch_size": 4, "dataset": "x"}
+    with pytest.raises(ConfigError, match="batch_size expects int"):
+        read_keys(write(tmp_path, "batch_size = 'four'\n", "bad.py"), {"batch_size": 12})
+    with pytest.raises(ConfigError, match="config file not found"):
+        read_keys(str(tmp_path / "missing.py"), {"batch_size": 12})
