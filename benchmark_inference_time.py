@@ -35,6 +35,7 @@ to a temp file and renamed; nothing under assets/ is touched unless a path there
     python benchmark_inference_time.py --quick                   # small sizes, ~2 minutes on 2 CPU cores
     python benchmark_inference_time.py --max_new_tokens=4096 --time_budget=300     # 6 x 512, float32, CPU
     python benchmark_inference_time.py --device=cuda --max_new_tokens=16384        # 16K tokens on a GPU
+    python benchmark_inference_time.py --models=rwkv --batch_size=8 --repeats=3     # 8 sequences per step, 3 runs
     python benchmark_inference_time.py --config=config/train_tinystories.py        # sizes of a config file
     python benchmark_inference_time.py --ckpt=out/ckpt.pt                         # sizes of a checkpoint
     python benchmark_inference_time.py --hf_model=path/to/dir_with_config.json     # + a Hugging Face model
@@ -306,11 +307,15 @@ def run(name, step, prompt, max_new_tokens, time_budget, device, param_bytes=0, 
 # Summary and figure
 
 
-def summarize(name, rows, params, prefill_ms, stopped, param_bytes=None):
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+
+
+def summarize(name, rows, params, prefill_ms, stopped, param_bytes=None, batch=1, repeat_tok_s=None):
     """first/last 10% of positions: median latency (robust to a busy machine's spikes), their ratio, and
-    the same medians of the memory floor, with the latency as a multiple of it."""
+    the same medians of the memory floor, with the latency as a multiple of it. tokens/s counts every
+    sequence of the batch; repeat_tok_s: the tokens/s of each repeat of the run (rows are the median one's)."""
     k = max(1, len(rows) // 10)
-    median = lambda xs: sorted(xs)[len(xs) // 2]
     first = median([r["latency_ms"] for r in rows[:k]])
     last = median([r["latency_ms"] for r in rows[-k:]])
     mem_key = "cuda_max_allocated" if "cuda_max_allocated" in rows[0] else "rss_bytes"
@@ -327,14 +332,16 @@ def summarize(name, rows, params, prefill_ms, stopped, param_bytes=None):
         "state_alloc_first_MiB": rows[0]["state_alloc_bytes"] / 2**20,
         "state_alloc_last_MiB": rows[-1]["state_alloc_bytes"] / 2**20, "mem": mem_key,
         "mem_growth_MiB": (rows[-1][mem_key] - rows[0][mem_key]) / 2**20,
-        "tokens_per_s": len(rows) / rows[-1]["cum_s"], "stopped": stopped or "-", **floor,
+        "batch": batch, "tokens_per_s": batch * len(rows) / rows[-1]["cum_s"],
+        "repeat_tokens_per_s": repeat_tok_s or [batch * len(rows) / rows[-1]["cum_s"]],
+        "stopped": stopped or "-", **floor,
     }
 
 
 def format_table(summaries):
     header = (f"{'model':>12} {'params':>8} {'tokens':>6} {'first10%ms':>10} {'last10%ms':>10} {'ratio':>6} "
               f"{'state MiB (logical) first->last':>31} {'state MiB (allocated) first->last':>33} {'mem+MiB':>8} "
-              f"{'tok/s':>8} {'stopped':>11} {'floor ms first->last':>20} {'x floor first->last':>19}")
+              f"{'tok/s':>8} {'(min-max)':>13} {'stopped':>11} {'floor ms first->last':>20} {'x floor first->last':>19}")
     lines = [header]
     for s in summaries:
         lines.append(
@@ -342,7 +349,8 @@ def format_table(summaries):
             f"{s['last10_ms']:>10.2f} {s['ratio']:>6.2f} "
             f"{s['state_first_MiB']:>19.3f} -> {s['state_last_MiB']:>8.3f} "
             f"{s['state_alloc_first_MiB']:>21.3f} -> {s['state_alloc_last_MiB']:>8.3f} {s['mem_growth_MiB']:>8.1f} "
-            f"{s['tokens_per_s']:>8.1f} {s['stopped']:>11}"
+            f"{s['tokens_per_s']:>8.1f} {min(s['repeat_tokens_per_s']):>6.1f}-{max(s['repeat_tokens_per_s']):<6.1f} "
+            f"{s['stopped']:>11}"
             + (f" {s['floor_first_ms']:>8.4f} -> {s['floor_last_ms']:>8.4f} {s['x_floor_first']:>7.1f} -> "
                f"{s['x_floor_last']:>7.1f}" if "floor_first_ms" in s else ""))
     return "\n".join(lines)
@@ -427,6 +435,9 @@ def main(argv=None):
     parser.add_argument("--max_new_tokens", type=int, help=f"tokens decoded per model, default "
                         f"{DEFAULTS['max_new_tokens']} ({QUICK['max_new_tokens']} with --quick)")
     parser.add_argument("--prompt_len", type=int, default=16, help="random prompt tokens prefilled first")
+    parser.add_argument("--batch_size", type=int, default=1, help="sequences decoded together (tok/s counts all)")
+    parser.add_argument("--repeats", type=int, default=1, help="decode runs per model: tok/s is their median "
+                        "(min-max), the rows and figure are the median run's")
     parser.add_argument("--time_budget", type=float, help="seconds of decoding per model before it stops, 0: none; "
                         f"default {DEFAULTS['time_budget']:g} ({QUICK['time_budget']:g} with --quick)")
     parser.add_argument("--quick", action="store_true", help="small model, fewer tokens, short budget")
@@ -453,8 +464,8 @@ def main(argv=None):
     defaults = {**DEFAULTS, **(QUICK if args.quick else {})}
     max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else defaults["max_new_tokens"]
     time_budget = args.time_budget if args.time_budget is not None else defaults["time_budget"]
-    if max_new_tokens < 1 or args.prompt_len < 1:
-        parser.error("--max_new_tokens and --prompt_len must be >= 1")
+    if min(max_new_tokens, args.prompt_len, args.batch_size, args.repeats) < 1:
+        parser.error("--max_new_tokens, --prompt_len, --batch_size and --repeats must be >= 1")
     if args.bandwidth_mb < 1 or (args.bandwidth is not None and args.bandwidth <= 0):
         parser.error("--bandwidth_mb and --bandwidth must be > 0")
     arch = architecture(args, parser)
@@ -462,13 +473,14 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     # every position the timed run and its warm-up reach must fit GPT's learned position embedding
     n_positions = args.prompt_len + max_new_tokens + WARMUP_STEPS
-    prompt = torch.randint(0, arch["vocab_size"], (1, args.prompt_len),
+    prompt = torch.randint(0, arch["vocab_size"], (args.batch_size, args.prompt_len),
                            generator=torch.Generator().manual_seed(args.seed)).to(device)
 
     os.makedirs(args.out_dir, exist_ok=True)
     plot_path = args.plot or os.path.join(args.out_dir, "benchmark.png")
     print(f"n_layer={arch['n_layer']} n_embd={arch['n_embd']} n_head={arch['n_head']} vocab={arch['vocab_size']} "
-          f"{args.dtype} {device} threads={args.threads} prompt={args.prompt_len} max_new_tokens={max_new_tokens} "
+          f"{args.dtype} {device} threads={args.threads} batch={args.batch_size} prompt={args.prompt_len} "
+          f"max_new_tokens={max_new_tokens} repeats={args.repeats} "
           f"time_budget={time_budget:g}s")
     if args.bandwidth:
         bandwidth, how = args.bandwidth * 1e9, "given by --bandwidth"
@@ -485,18 +497,21 @@ def main(argv=None):
             model, step, params = ours(name, arch, n_positions, device, dtype, args.seed)
             model_prompt = prompt
         param_bytes = param_bytes_read(model)
-        rows, prefill_ms, stopped = run(name, step, model_prompt, max_new_tokens, time_budget, device, param_bytes,
-                                        bandwidth)
+        runs = [run(name, step, model_prompt, max_new_tokens, time_budget, device, param_bytes, bandwidth)
+                for _ in range(args.repeats)]
+        tok_s = [args.batch_size * len(r[0]) / r[0][-1]["cum_s"] for r in runs]
+        rows, prefill_ms, stopped = runs[tok_s.index(median(tok_s))]
         write_text(os.path.join(args.out_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
         all_rows[name] = rows
-        summaries.append(summarize(name, rows, params, prefill_ms, stopped, param_bytes))
-        del model, step
+        summaries.append(summarize(name, rows, params, prefill_ms, stopped, param_bytes, args.batch_size, tok_s))
+        del model, step, runs
         gc.collect()
 
     table = format_table(summaries)
     command = shlex.join(["python", "benchmark_inference_time.py", *(sys.argv[1:] if argv is None else argv)])
     text = (f"{command}\n{arch['n_layer']} layers x {arch['n_embd']} (n_head {arch['n_head']}), {args.dtype}, "
-            f"{device}, threads={args.threads}; latencies are medians over the first / last 10% of positions; "
+            f"{device}, threads={args.threads}, batch {args.batch_size}; tok/s = batch x tokens / decode time, the "
+            f"median (min-max) of {args.repeats} run(s); latencies are medians over the first / last 10% of positions; "
             f"state logical = numel * element_size of the state's tensors, allocated = nbytes of the distinct "
             f"storages behind them; mem+ = growth of {'CUDA max allocated' if device.type == 'cuda' else 'process RSS'}; "
             f"floor = (parameter bytes read + state bytes read) / memory bandwidth {bandwidth / 1e9:.2f} GB/s ({how}), "
@@ -505,6 +520,7 @@ def main(argv=None):
     write_text(os.path.join(args.out_dir, "summary.txt"), text)
     write_text(os.path.join(args.out_dir, "summary.json"), json.dumps(
         {"command": command, "device": str(device), "dtype": args.dtype, "threads": args.threads,
+         "batch_size": args.batch_size, "repeats": args.repeats,
          "prompt_len": args.prompt_len, "max_new_tokens": max_new_tokens, "time_budget": time_budget,
          "hf_model": args.hf_model, "arch": arch, "bandwidth_GBps": bandwidth / 1e9, "bandwidth_source": how,
          "models": summaries}, indent=1))

@@ -88,6 +88,22 @@ def test_all_models_outputs_and_state_bytes(tmp_path):
     assert int(table[2].split()[2]) == TOKENS
 
 
+def test_batch_and_repeats(tmp_path):
+    """--batch_size 3: three sequences per step, so RWKV's state and GPT's cache are 3x batch 1's and tok/s
+    counts all three; --repeats 2: two decode runs, tok/s is the median one's (whose rows are written)."""
+    B = 3
+    _, summary, rows = run(tmp_path, "--models", "rwkv,gpt", "--batch_size", str(B), "--repeats", "2")
+    assert summary["batch_size"] == B and summary["repeats"] == 2
+    head_size = 64
+    rwkv = N_LAYER * (2 * N_EMBD + (N_EMBD // head_size) * head_size * head_size) * FLOAT32
+    assert all(r["state_bytes"] == B * rwkv for r in rows["rwkv"])
+    assert all(r["state_bytes"] == B * 2 * N_LAYER * N_EMBD * FLOAT32 * r["pos"] for r in rows["gpt"])
+    for s in summary["models"]:
+        assert s["batch"] == B and len(s["repeat_tokens_per_s"]) == 2
+        assert s["tokens_per_s"] == pytest.approx(B * TOKENS / rows[s["model"]][-1]["cum_s"], rel=1e-12)
+        assert s["tokens_per_s"] == sorted(s["repeat_tokens_per_s"])[1]  # the median of two: the larger
+
+
 def tiny_gpt_param_bytes(V, C, L, block_size, bytes_per):
     """GPT's weights read per token, by hand: wte (V x C, read whole by the tied head), one row of wpe, per layer
     two LayerNorm weights (C), q, k, v, o (C x C) and the MLP (C x 4C twice), and ln_f (no biases)."""
