@@ -54,7 +54,7 @@ VARIANTS = {
     "rwkv-head32": {"head_size": 32},  # RWKV head size 32 (8 heads) instead of 64 (4 heads)
     "rwkv-init-rwkv": {"init_scheme": "rwkv"},  # RWKV's per-parameter initialisation instead of GPT-2's normal(0.02)
     "rwkv-cmix3": {"cmix_mult": 3.0},  # ChannelMix 3x wide (nanoRWKV's) instead of 3.5x
-    "rwkv-wd-time": {"weight_decay_time": True},  # weight decay on the time_* parameters too
+    "rwkv-wd-time": {"weight_decay_time": True},  # weight decay on time_faaaa too (the only time_* matrix; nanoRWKV decays none)
     "rwkv-no-ln-emb": {"ln_emb": False},  # no LayerNorm on the embedding (RWKV's ln0 off; nanoRWKV has none)
     "rwkv-wpe": {"learned_pos": True},  # learned absolute positions added to the embedding (nanoRWKV has them)
     "rwkv-as-nanorwkv": {"cmix_mult": 3.0, "ln_emb": False, "learned_pos": True},  # nanoRWKV's choices all at once
@@ -576,7 +576,10 @@ def main(argv=None):
         except AblateError as e:
             raise AblateError(f"variant {name}: {e}") from None
         params, params_nonemb = count_params(cfg)
-        variants[name] = {"how": " ".join(override_args(VARIANTS[name])) or "(the recipe)", "what": docs.get(name, ""),
+        what = docs.get(name, "")
+        if not VARIANTS[name] and os.path.abspath(args.recipe) != RECIPE:  # the comment describes RECIPE
+            what = f"the recipe file unchanged ({os.path.relpath(args.recipe, ROOT)})"
+        variants[name] = {"how": " ".join(override_args(VARIANTS[name])) or "(the recipe)", "what": what,
                           "overrides": VARIANTS[name], "params": params, "params_nonemb": params_nonemb,
                           "tokens": cfg["max_iters"] * cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"],
                           "max_iters": cfg["max_iters"], "dataset": os.path.basename(os.path.normpath(cfg["data_dir"]))
