@@ -56,6 +56,7 @@ VARIANTS = {
     "rwkv-cmix3": {"cmix_mult": 3.0},  # ChannelMix 3x wide (nanoRWKV's) instead of 3.5x
     "rwkv-wd-time": {"weight_decay_time": True},  # weight decay on time_faaaa too (the only time_* matrix; nanoRWKV decays none)
     "rwkv-no-ln-emb": {"ln_emb": False},  # no LayerNorm on the embedding (RWKV's ln0 off; nanoRWKV has none)
+    "rwkv-ln-emb-small": {"ln_emb_init": 0.02},  # ln0 kept (the official format has it) with its gain starting at 0.02, the embedding's init std
     "rwkv-wpe": {"learned_pos": True},  # learned absolute positions added to the embedding (nanoRWKV has them)
     "rwkv-as-nanorwkv": {"cmix_mult": 3.0, "ln_emb": False, "learned_pos": True},  # nanoRWKV's choices all at once
     "full": {"use_swa": True, "use_gqa": True, "use_moe": True},  # the full MicroRWKV layer (SWA 128, GQA 4q/2kv, top-2 of 4 experts)

@@ -56,6 +56,7 @@ class GPTConfig:
     cmix_mult: float = 3.5  # ChannelMix hidden size, in multiples of n_embd
     init_scheme: str = "gpt2"  # "gpt2": normal(0.02), scaled residual projections | "rwkv": RWKV's per-parameter init
     ln_emb: bool = True  # MicroRWKV: LayerNorm on the token embedding (RWKV's ln0)
+    ln_emb_init: float = 1.0  # initial gain of that LayerNorm: its output starts at this scale per channel
     learned_pos: bool = False  # MicroRWKV: add a learned position embedding (wpe), as nanoGPT does
     rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunk_len 16 is fastest)
 
@@ -79,6 +80,7 @@ class GPTConfig:
                  f"n_embd={self.n_embd} must be a multiple of head_size={self.head_size} (e.g. head_size="
                  f"{math.gcd(self.n_embd, 64)})")
             need(self.cmix_mult > 0, f"cmix_mult={self.cmix_mult} must be > 0")
+            need(self.ln_emb_init > 0, f"ln_emb_init={self.ln_emb_init} must be > 0")
             need(self.init_scheme in ("gpt2", "rwkv"), f"init_scheme={self.init_scheme!r} must be 'gpt2' or 'rwkv'")
             need(self.rwkv_version in ("x051a", "x070"), f"rwkv_version={self.rwkv_version!r} must be 'x051a' or 'x070'")
             if attention and self.n_head >= 1 and self.n_embd % self.n_head == 0:
@@ -1096,6 +1098,8 @@ class MicroRWKV(LanguageModel):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying, as in GPT
         self.apply(self._init_weights)
+        if config.ln_emb:  # with a gain of 1 the embedding (norm sqrt(C)) dwarfs every block's initial output
+            nn.init.constant_(self.ln_in.weight, config.ln_emb_init)
         branches = [branch for b in self.blocks for branch in b.residual_branches()]
         projections = [p for branch in branches for p in branch.residual_projections()]
         self._init_residual_projections(projections, n_residual=len(branches))

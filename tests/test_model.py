@@ -384,10 +384,19 @@ def test_flops_per_token_by_hand():
     (dict(model_type="lstm"), "model_type"),
     (dict(init_scheme="xavier"), "init_scheme"),
     (dict(cmix_mult=0.0), "cmix_mult"),
+    (dict(ln_emb_init=0.0), "ln_emb_init"),
 ])
 def test_config_refuses_impossible_architectures(overrides, needle):
     with pytest.raises(ValueError, match=needle):
         tiny_config(**overrides)
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.02])
+def test_embedding_layernorm_starts_at_its_gain(gain):
+    """ln_emb_init sets the scale of the normalised embedding at step 0: per-channel RMS = the gain."""
+    model = MicroRWKV(tiny_config(n_embd=128, head_size=32, ln_emb_init=gain))
+    x = model.ln_in(model.wte(torch.arange(V)))
+    assert torch.allclose(x.pow(2).mean(-1).sqrt(), torch.full((V,), gain), rtol=0.02)  # 2%: LayerNorm's eps
 
 
 def test_config_rules_only_apply_to_blocks_in_use():
