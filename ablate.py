@@ -335,7 +335,7 @@ def make_table(rows, baseline, wall_clock, note):
         delta = "—" if base is None or s["mean"] is None else ("—" if r["name"] == baseline else f"{s['mean'] - base:+.4f}")
         cells = [r["name"], r["what"].replace("|", "/"), fmt_params(r.get("params")), fmt_params(r.get("params_nonemb")),
                  "—" if not r.get("tokens") else f"{r['tokens']:,}",
-                 "—" if s["mean"] is None else f"{s['mean']:.4f} ± {s['std']:.4f}",
+                 "—" if s["mean"] is None else f"{s['mean']:.4f}" + (f" ± {s['std']:.4f}" if s["n"] > 1 else " (1 seed)"),
                  "—" if s["min"] is None else f"{s['min']:.4f} – {s['max']:.4f}", delta, str(s["n"]),
                  fmt_num(s["tok_s"], ",.0f"), fmt_secs(s["train_s"]), fmt_secs(s["wall_s"])]
         if wall_clock is not None:
