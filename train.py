@@ -70,7 +70,7 @@ for _f in dataclasses.fields(GPTConfig):
 learning_rate = 6e-4
 max_iters = 5000  # total number of optimizer steps
 weight_decay = 1e-1
-weight_decay_time = False  # also decay the RWKV time_* matrices (decay rates and mixing ratios)
+weight_decay_time = False  # also decay x051a's time_faaaa (the bonus; time_decay and time_maa_* are vectors: never)
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # clip gradients at this norm, or disable if == 0.0
