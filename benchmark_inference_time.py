@@ -152,6 +152,10 @@ def param_bytes_read(model):
     return round(sum(p.numel() * p.element_size() * read.get(id(p), 1.0) for p in model.parameters()))
 
 
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+
+
 def measure_bandwidth(device, mb=256, repeats=5):
     """Memory bandwidth (bytes/s): the median time to copy_ an `mb` MiB float32 tensor, bytes read + written."""
     src = torch.ones(mb * 2**20 // 4, device=device)
@@ -164,7 +168,7 @@ def measure_bandwidth(device, mb=256, repeats=5):
         dst.copy_(src)
         sync(device)
         times.append(time.perf_counter() - t0)
-    return 2 * src.nbytes / sorted(times)[len(times) // 2]
+    return 2 * src.nbytes / median(times)
 
 
 @contextlib.contextmanager
@@ -307,15 +311,12 @@ def run(name, step, prompt, max_new_tokens, time_budget, device, param_bytes=0, 
 # Summary and figure
 
 
-def median(xs):
-    return sorted(xs)[len(xs) // 2]
-
-
 def summarize(name, rows, params, prefill_ms, stopped, param_bytes=None, batch=1, repeat_tok_s=None):
     """first/last 10% of positions: median latency (robust to a busy machine's spikes), their ratio, and
     the same medians of the memory floor, with the latency as a multiple of it. tokens/s counts every
     sequence of the batch; repeat_tok_s: the tokens/s of each repeat of the run (rows are the median one's)."""
     k = max(1, len(rows) // 10)
+    tok_s = batch * len(rows) / rows[-1]["cum_s"]
     first = median([r["latency_ms"] for r in rows[:k]])
     last = median([r["latency_ms"] for r in rows[-k:]])
     mem_key = "cuda_max_allocated" if "cuda_max_allocated" in rows[0] else "rss_bytes"
@@ -332,8 +333,7 @@ def summarize(name, rows, params, prefill_ms, stopped, param_bytes=None, batch=1
         "state_alloc_first_MiB": rows[0]["state_alloc_bytes"] / 2**20,
         "state_alloc_last_MiB": rows[-1]["state_alloc_bytes"] / 2**20, "mem": mem_key,
         "mem_growth_MiB": (rows[-1][mem_key] - rows[0][mem_key]) / 2**20,
-        "batch": batch, "tokens_per_s": batch * len(rows) / rows[-1]["cum_s"],
-        "repeat_tokens_per_s": repeat_tok_s or [batch * len(rows) / rows[-1]["cum_s"]],
+        "batch": batch, "tokens_per_s": tok_s, "repeat_tokens_per_s": repeat_tok_s or [tok_s],
         "stopped": stopped or "-", **floor,
     }
 
