@@ -10,7 +10,7 @@ $ python ablate.py --variants rwkv,gpt --report_only --reference nanoRWKV=out/re
 Each run is `python train.py config/ablate_recipe.py --out_dir=OUT/<variant>/seed<k> --seed=<k> <overrides>`, a
 subprocess with its log in OUT/<variant>/seed<k>/train.log; at most --parallel run at once, each with
 --num_threads=cores//parallel on a CPU. A run whose metrics.jsonl already holds the final evaluation (and
-that was started with the same arguments) is skipped, so an interrupted sweep continues where it stopped;
+that was started with the same arguments and resolved config, defaults included) is skipped, so an interrupted sweep continues where it stopped;
 an unfinished run starts again from scratch (so its timings stay those of one uninterrupted process).
 Extra `--key=value` arguments go to every run after the variant's own overrides (e.g. --max_iters=20).
 
@@ -49,14 +49,14 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # name -> train.py overrides on top of config/ablate_recipe.py (the comment is the table's "what it tests")
 VARIANTS = {
-    "rwkv": {},  # the recipe file unchanged (config/ablate_recipe.py: pure RWKV x051a, head 64, ChannelMix 3.5x, GPT-2 init, ln0, no wpe)
+    "rwkv": {},  # the recipe file unchanged (config/ablate_recipe.py: pure RWKV x051a, head 64, ChannelMix 3.5x, GPT-2 init, ln0 at gain 0.02, no wpe)
     "gpt": {"model_type": "gpt"},  # nanoGPT's transformer on the same recipe (learned positions, 4x GELU MLP)
     "rwkv-head32": {"head_size": 32},  # RWKV head size 32 (8 heads) instead of 64 (4 heads)
     "rwkv-init-rwkv": {"init_scheme": "rwkv"},  # RWKV's per-parameter initialisation instead of GPT-2's normal(0.02)
     "rwkv-cmix3": {"cmix_mult": 3.0},  # ChannelMix 3x wide (nanoRWKV's) instead of 3.5x
     "rwkv-wd-time": {"weight_decay_time": True},  # weight decay on time_faaaa too (the only time_* matrix; nanoRWKV decays none)
     "rwkv-no-ln-emb": {"ln_emb": False},  # no LayerNorm on the embedding (RWKV's ln0 off; nanoRWKV has none)
-    "rwkv-ln-emb-small": {"ln_emb_init": 0.02},  # ln0 kept (the official format has it) with its gain starting at 0.02, the embedding's init std
+    "rwkv-ln-emb-1": {"ln_emb_init": 1.0},  # ln0's gain starting at 1 (LayerNorm's usual init) instead of 0.02
     "rwkv-wpe": {"learned_pos": True},  # learned absolute positions added to the embedding (nanoRWKV has them)
     "rwkv-as-nanorwkv": {"cmix_mult": 3.0, "ln_emb": False, "learned_pos": True},  # nanoRWKV's choices all at once
     "full": {"use_swa": True, "use_gqa": True, "use_moe": True},  # the full MicroRWKV layer (SWA 128, GQA 4q/2kv, top-2 of 4 experts)
@@ -69,6 +69,7 @@ VARIANTS = {
     "pure": {"use_swa": False, "use_gqa": False, "use_moe": False},  # TimeMix + ChannelMix only (for recipes with the full layer)
     "pure7": {"use_swa": False, "use_gqa": False, "use_moe": False, "rwkv_version": "x070", "chunk_len": 16},  # the same with RWKV-7 blocks
     "rwkv7": {"rwkv_version": "x070", "chunk_len": 16},  # RWKV-7 (x070) TimeMix and ChannelMix instead of x051a's
+    "rwkv7-ln-emb-1": {"rwkv_version": "x070", "chunk_len": 16, "ln_emb_init": 1.0},  # the same with ln0's gain starting at 1
     "full7": {"rwkv_version": "x070", "chunk_len": 16, "use_swa": True, "use_gqa": True, "use_moe": True},  # the full layer with RWKV-7 blocks
 }
 
@@ -405,6 +406,13 @@ def cpu_cores():
         return os.cpu_count() or 1
 
 
+def same_settings(spec, spec_args, cfg):
+    """Whether a finished run's spec matches this sweep's run: the same arguments, and the same resolved
+    config (so a changed default in model.py or train.py reruns it too; keys added since count as equal)."""
+    return spec.get("args") == spec_args and all(spec["config"][k] == v for k, v in cfg.items()
+                                                  if k in spec.get("config", {}))
+
+
 class Sweep:
     """Runs the pending train.py processes, at most `parallel` at once, with a tqdm bar over steps."""
 
@@ -439,7 +447,7 @@ class Sweep:
                 pass
             self.failed.append(name)
             return f"error: {name} failed (exit {rc}): {tail[:200]}  [log: {os.path.join(job['run_dir'], 'train.log')}]"
-        spec = {"args": job["spec_args"], "process_s": time.time() - job["t0"], "threads": job["threads"],
+        spec = {"args": job["spec_args"], "config": job["config"], "process_s": time.time() - job["t0"], "threads": job["threads"],
                 "parallel": self.parallel, "device": job["device"], "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         with open(os.path.join(job["run_dir"], RUN_SPEC), "w") as f:
             json.dump(spec, f, indent=1)
@@ -598,13 +606,14 @@ def main(argv=None):
                     old_spec = json.load(f)
             except (OSError, json.JSONDecodeError):
                 pass
-            if is_complete(run_dir, cfg["max_iters"]) and (old_spec is None or old_spec.get("args") == spec_args):
+            same = old_spec is None or same_settings(old_spec, spec_args, cfg)
+            if is_complete(run_dir, cfg["max_iters"]) and same:
                 skipped += 1
                 continue
-            if old_spec is not None and old_spec.get("args") != spec_args:
+            if not same:
                 reruns += 1
                 stale.add(run_dir)
-            jobs.append({"variant": name, "seed": seed, "run_dir": run_dir, "cmd": cmd, "spec_args": spec_args,
+            jobs.append({"variant": name, "seed": seed, "run_dir": run_dir, "cmd": cmd, "spec_args": spec_args, "config": cfg,
                          "max_iters": cfg["max_iters"], "threads": threads, "device": args.device})
 
     total = len(names) * len(seeds)

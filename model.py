@@ -56,7 +56,7 @@ class GPTConfig:
     cmix_mult: float = 3.5  # ChannelMix hidden size, in multiples of n_embd
     init_scheme: str = "gpt2"  # "gpt2": normal(0.02), scaled residual projections | "rwkv": RWKV's per-parameter init
     ln_emb: bool = True  # MicroRWKV: LayerNorm on the token embedding (RWKV's ln0)
-    ln_emb_init: float = 1.0  # initial gain of that LayerNorm: its output starts at this scale per channel
+    ln_emb_init: float = 0.02  # initial gain of that LayerNorm; at 1 the embedding dwarfs the blocks (README: ablations)
     learned_pos: bool = False  # MicroRWKV: add a learned position embedding (wpe), as nanoGPT does
     rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunk_len 16 is fastest)
 

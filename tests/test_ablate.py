@@ -94,6 +94,23 @@ def test_second_invocation_skips_everything(sweep):
     assert {p.name for p in assets.iterdir()} == set(ablate.OUTPUTS)
 
 
+def test_a_changed_default_makes_a_run_stale(sweep, tmp_path):
+    """A finished run made under another resolved config (e.g. a model default changed since) is not reused."""
+    import shutil
+    _, out, args, _ = sweep
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    spec_path = copy / "rwkv" / "seed11" / "ablate_run.json"
+    spec = json.loads(spec_path.read_text())
+    assert spec["config"]["ln_emb_init"] == 0.02  # the resolved config is saved, defaults included
+    spec["config"]["ln_emb_init"] = 1.0  # as if the run predates today's default
+    spec_path.write_text(json.dumps(spec))
+    args = [copy if a == out else a for a in args]
+    again = run_ablate(*args, "--report_only")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "3 complete, 1 not (1 made with other settings: left out)" in again.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--variants", "rwkv,nope"], "unknown variant 'nope'"),
     (["--variants", "rwkv", "--seeds", "1,x"], "--seeds must be comma-separated integers"),
