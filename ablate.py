@@ -10,8 +10,9 @@ $ python ablate.py --variants rwkv,gpt --report_only --reference nanoRWKV=out/re
 Each run is `python train.py config/ablate_recipe.py --out_dir=OUT/<variant>/seed<k> --seed=<k> <overrides>`, a
 subprocess with its log in OUT/<variant>/seed<k>/train.log; at most --parallel run at once, each with
 --num_threads=cores//parallel on a CPU. A run whose metrics.jsonl already holds the final evaluation (and
-that was started with the same arguments and resolved config, defaults included) is skipped, so an interrupted sweep continues where it stopped;
-an unfinished run starts again from scratch (so its timings stay those of one uninterrupted process).
+that was started with the same arguments and the same resolved config, defaults included) is skipped, so an
+interrupted sweep continues where it stopped; an unfinished run starts again from scratch (so its timings
+stay those of one uninterrupted process).
 Extra `--key=value` arguments go to every run after the variant's own overrides (e.g. --max_iters=20).
 
 Outputs, in --out_dir: ablate_table.md (the markdown table), ablate_runs.json (every run's numbers and val
@@ -409,8 +410,8 @@ def cpu_cores():
 def same_settings(spec, spec_args, cfg):
     """Whether a finished run's spec matches this sweep's run: the same arguments, and the same resolved
     config (so a changed default in model.py or train.py reruns it too; keys added since count as equal)."""
-    return spec.get("args") == spec_args and all(spec["config"][k] == v for k, v in cfg.items()
-                                                  if k in spec.get("config", {}))
+    old = spec.get("config", {})
+    return spec.get("args") == spec_args and all(old[k] == v for k, v in cfg.items() if k in old)
 
 
 class Sweep:
