@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, V, randomize, tiny_config
-from model import GPT, GPTConfig, ChannelMix, ChannelMix7, CausalSelfAttention, KVCache, MicroRWKV, TimeMix, TimeMix7, \
+from model import GPT, GPTConfig, LMHead, ChannelMix, ChannelMix7, CausalSelfAttention, KVCache, MicroRWKV, TimeMix, TimeMix7, \
     TinyMoE, apply_rotary, build_model, sliding_window_attention
 
 # the three kinds of model: MicroRWKV with RWKV-5 (x051a) or RWKV-7 (x070) blocks, and GPT
@@ -521,6 +521,14 @@ def test_timemix_any_chunk_length_gives_the_same_result(L):
         y2, (_, S2), _ = tm(x, state)
     rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()  # float32 rounding of values up to ~10
     assert rel(y2, y) < 1e-5 and rel(S2, S) < 1e-5
+
+
+@pytest.mark.parametrize("rows", [1, 8, 17])
+def test_lm_head_decoding_form_equals_linear(rows):
+    """LMHead computes few rows as W x^T: the same logits as x W^T, in the same shape."""
+    head = LMHead(64, 1000, bias=False)
+    x = torch.randn(rows, 1, 64)
+    assert torch.allclose(head(x), F.linear(x, head.weight), rtol=1e-5, atol=1e-5) and head(x).shape == (rows, 1, 1000)
 
 
 def test_timemix_chunk_length_rule():
