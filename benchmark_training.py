@@ -16,14 +16,17 @@ Models (--models, comma-separated):
     microrwkv7-top2 like microrwkv-top2, with rwkv_version='x070'               }  (x070: chunk_len 16)
     gpt             nanoGPT's transformer
 
-Per model and sequence length T (batch = --tokens_per_step // T): --warmup untimed steps, then --repeats
-timed runs of --steps steps each, in this one process. Reported: tokens/s as the median of the runs with
+Per sequence length T (batch = --tokens_per_step // T), every model is built and takes --warmup untimed steps;
+then the models take turns for --repeats timed runs of --steps steps each (run 1 of every model, then run 2,
+...), in this one process, so a change of machine load mid-benchmark falls on all models alike. --compile
+times torch.compile(model) instead (the first warm-up step compiles; its seconds are in the JSON as
+first_step_s). Reported: tokens/s as the median of the runs with
 their min and max, the ratio of medians to GPT's at the same T (same run, same machine load), and the
 achieved GFLOP/s = model.flops_per_token(T) * tokens/s / 1e9 (matmul FLOPs of forward + backward, as
 model.py counts them; '-' for a model without flops_per_token).
 
-Second table, the per-sub-layer breakdown: one more run of --steps steps with timing hooks on every
-sub-layer (forward pre/post hooks and full backward pre/post hooks), timed separately from the throughput
+Second table, the per-sub-layer breakdown: one more run of --steps steps of the eager model with timing hooks
+on every sub-layer (forward pre/post hooks and full backward pre/post hooks), timed separately from the throughput
 runs because the hooks add overhead. Each sub-layer's pre-norm LayerNorm counts with it. Parts:
 embedding (token/position embedding, ln0, dropout; in backward the embedding gradient, timed from the last
 hook to the end of backward), TimeMix, ChannelMix, SWA, GQA, MoE (MicroRWKV), attention and MLP (GPT),
@@ -196,29 +199,41 @@ def training_step(model, optimizer, x, y):
 # One model at one sequence length
 
 
-def benchmark(model, batch_size, seq_len, args, device):
-    """Throughput runs, then the hooked steps: (tokens/s of each run, [(step seconds, parts)] of each hooked
-    step)."""
-    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
-    gen = torch.Generator().manual_seed(0)
-    data = torch.randint(0, model.config.vocab_size, (batch_size, seq_len + 1), generator=gen).to(device)
-    x, y = data[:, :-1], data[:, 1:]
-    for _ in range(args.warmup):
-        training_step(model, optimizer, x, y)
-    runs = []
-    for _ in range(args.repeats):
+class Run:
+    """One model at one sequence length: its optimizer, a fixed random batch, and the function a step calls (the
+    model, or torch.compile of it)."""
+
+    def __init__(self, name, model, batch_size, seq_len, args, device):
+        self.name, self.model, self.batch_size, self.seq_len = name, model, batch_size, seq_len
+        self.step_fn = torch.compile(model) if args.compile else model
+        self.optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
+        gen = torch.Generator().manual_seed(0)
+        data = torch.randint(0, model.config.vocab_size, (batch_size, seq_len + 1), generator=gen).to(device)
+        self.x, self.y = data[:, :-1], data[:, 1:]
+        self.runs, self.first_step_s = [], None
+
+    def warm_up(self, steps, device):
+        for i in range(steps):  # (with --compile the first step also compiles)
+            t0 = time.perf_counter()
+            training_step(self.step_fn, self.optimizer, self.x, self.y)
+            sync(device)
+            self.first_step_s = self.first_step_s or time.perf_counter() - t0
+
+    def timed_run(self, steps, device):
         sync(device)
         t0 = time.perf_counter()
-        for _ in range(args.steps):
-            training_step(model, optimizer, x, y)
+        for _ in range(steps):
+            training_step(self.step_fn, self.optimizer, self.x, self.y)
         sync(device)
-        runs.append(batch_size * seq_len * args.steps / (time.perf_counter() - t0))
-    timer = SubLayerTimer(model, device)
-    try:
-        hooked = [timer.step(model, optimizer, x, y) for _ in range(args.steps)]
-    finally:
-        timer.remove()
-    return runs, hooked
+        self.runs.append(self.batch_size * self.seq_len * steps / (time.perf_counter() - t0))
+
+    def hooked_steps(self, steps, device):
+        """Steps of the eager model with the sub-layer hooks (hooks do not fire inside a compiled graph)."""
+        timer = SubLayerTimer(self.model, device)
+        try:
+            return [timer.step(self.model, self.optimizer, self.x, self.y) for _ in range(steps)]
+        finally:
+            timer.remove()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -304,6 +319,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="bfloat16: autocast the forward passes (weights and optimizer stay float32)")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile(model) (the warm-up's first step "
+                        "compiles; the per-sub-layer breakdown stays eager)")
     parser.add_argument("--out", default="out/benchmark_training.txt", help="the printed text (default: %(default)s)")
     parser.add_argument("--out_json", help="the numbers as JSON (default: --out with .json)")
     args = parser.parse_args(argv)
@@ -316,6 +333,8 @@ def main(argv=None):
             parser.error(f"--{flag} must be >= 1")
     if args.warmup < 0 or min(args.seq_lens) < 1:
         parser.error("--warmup must be >= 0 and --seq_lens >= 1")
+    if args.compile and args.warmup < 1:
+        parser.error("--compile needs --warmup >= 1 (the first step compiles)")
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     configs = {}
     for seq_len in args.seq_lens:
@@ -343,11 +362,12 @@ def main(argv=None):
 
     command = shlex.join(["python", "benchmark_training.py", *(sys.argv[1:] if argv is None else argv)])
     header = (f"n_layer={args.n_layer} n_embd={args.n_embd} n_head={args.n_head} vocab={args.vocab_size} {args.dtype} "
-              f"{device} threads={args.threads}, {args.tokens_per_step} tokens/step, {args.warmup} warm-up steps, "
-              f"tokens/s = median (min, max) of {args.repeats} runs of {args.steps} timed steps each")
+              f"{device} threads={args.threads}{' torch.compile' if args.compile else ''}, {args.tokens_per_step} tokens/step, {args.warmup} warm-up steps, "
+              f"tokens/s = median (min, max) of {args.repeats} runs of {args.steps} timed steps each, the models "
+              f"taking turns")
     text = (f"{command}\n{header}\n\n{throughput_table(results)}\n\n"
             f"forward + backward time per sub-layer type (with its pre-norm), ms and % of one step: the step of "
-            f"median time of {args.steps} more steps run with timing hooks (the 'step' row; hooks add overhead"
+            f"median time of {args.steps} more steps run with timing hooks{' (eager, not compiled)' if args.compile else ''} (the 'step' row; hooks add overhead"
             f"{' and synchronise CUDA: approximate' if device.type == 'cuda' else ''}); optimizer = AdamW step + "
             f"zero_grad, other = the rest (residual adds, autograd)\n{breakdown_table(results)}\n")
     print(text, end="")
@@ -356,32 +376,51 @@ def main(argv=None):
         "command": command, "device": str(device), "dtype": args.dtype, "threads": args.threads,
         "n_layer": args.n_layer, "n_embd": args.n_embd, "n_head": args.n_head, "vocab_size": args.vocab_size,
         "tokens_per_step": args.tokens_per_step, "steps": args.steps, "repeats": args.repeats,
-        "warmup": args.warmup, "results": results}, indent=1))
+        "warmup": args.warmup, "compile": args.compile, "results": results}, indent=1))
     print(f"wrote {args.out} and {out_json}")
     return 0
 
 
 def run_all(configs, args, device):
-    """Every (T, model) in turn, then the ratios to GPT at the same T."""
+    """Every model at each T, then the ratios to GPT at the same T. The timed runs take turns (run 1 of every
+    model, then run 2, ...), so a change in machine load during the benchmark falls on all models alike instead
+    of on whichever model was running then."""
     results = []
-    progress = tqdm(configs.items(), desc="benchmark", unit="model", file=sys.stderr, mininterval=1.0)
-    for (seq_len, name), config in progress:
-        progress.set_postfix_str(f"T={seq_len} {name}")
-        torch.manual_seed(0)
-        model = build_model(config).to(device)
+    seq_lens = list(dict.fromkeys(T for T, _ in configs))
+    progress = tqdm(total=len(configs) * (args.repeats + 2), desc="benchmark", unit="run", file=sys.stderr,
+                    mininterval=1.0)
+    for seq_len in seq_lens:
         batch_size = max(1, args.tokens_per_step // seq_len)
-        runs, hooked = benchmark(model, batch_size, seq_len, args, device)
-        flops = getattr(model, "flops_per_token", None)
-        flops = flops(seq_len) if callable(flops) else None
-        median = statistics.median(runs)
-        results.append({
-            "seq_len": seq_len, "model": name, "params": model.get_num_params(), "batch_size": batch_size,
-            "tokens_per_s": {"median": median, "min": min(runs), "max": max(runs), "runs": runs},
-            "step_ms": batch_size * seq_len / median * 1e3, "vs_gpt": None, "flops_per_token": flops,
-            "gflops_per_s": None if flops is None else flops * median / 1e9,
-            "breakdown": breakdown(hooked),
-        })
-        del model
+        runs = {}
+        for (T, name), config in configs.items():
+            if T == seq_len:
+                torch.manual_seed(0)
+                runs[name] = Run(name, build_model(config).to(device), batch_size, seq_len, args, device)
+        for step in range(args.warmup):  # in turns too: with --compile, one model's compile can make another
+            for name, run in runs.items():  # recompile on its next step, which then falls in the warm-up
+                progress.set_postfix_str(f"T={seq_len} {name} warm-up {step + 1}")
+                run.warm_up(1, device)
+        progress.update(len(runs))
+        for repeat in range(args.repeats):
+            for name, run in runs.items():
+                progress.set_postfix_str(f"T={seq_len} {name} run {repeat + 1}")
+                run.timed_run(args.steps, device)
+                progress.update()
+        for name, run in runs.items():
+            progress.set_postfix_str(f"T={seq_len} {name} hooked")
+            hooked = run.hooked_steps(args.steps, device)
+            progress.update()
+            flops = getattr(run.model, "flops_per_token", None)
+            flops = flops(seq_len) if callable(flops) else None
+            median = statistics.median(run.runs)
+            results.append({
+                "seq_len": seq_len, "model": name, "params": run.model.get_num_params(), "batch_size": batch_size,
+                "tokens_per_s": {"median": median, "min": min(run.runs), "max": max(run.runs), "runs": run.runs},
+                "step_ms": batch_size * seq_len / median * 1e3, "vs_gpt": None, "flops_per_token": flops,
+                "gflops_per_s": None if flops is None else flops * median / 1e9,
+                "first_step_s": run.first_step_s, "breakdown": breakdown(hooked),
+            })
+        del runs
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

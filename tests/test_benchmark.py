@@ -351,7 +351,19 @@ def test_training_benchmark_json_path_and_top2(tmp_path):
     assert (moe.num_experts, moe.num_active) == (4, 2) and model.blocks[0].swa.window_size == 256
 
 
+def test_training_benchmark_models_take_turns(tmp_path, monkeypatch):
+    """The timed runs interleave: run 1 of every model at a length, then run 2, ..., then the next length."""
+    order = []
+    timed_run = benchmark_training.Run.timed_run
+    monkeypatch.setattr(benchmark_training.Run, "timed_run",
+                        lambda self, *a: (order.append((self.seq_len, self.name)), timed_run(self, *a)))
+    benchmark_training.main([*TRAIN_TINY, "--models", "rwkv,gpt", "--seq_lens", "16", "32", "--repeats", "2",
+                             "--out", str(tmp_path / "t.txt")])
+    assert order == [(T, name) for T in (16, 32) for _ in range(2) for name in ("rwkv", "gpt")]
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
     (["--models", "rwkv,mamba"], "choose one or more of"),
     (["--models", ""], "choose one or more of"),
     (["--repeats", "0"], "--repeats must be >= 1"),
