@@ -16,8 +16,8 @@ Models (--models, comma-separated):
     microrwkv7-top2 like microrwkv-top2, with rwkv_version='x070'               }  (x070: chunk_len 16)
     gpt             nanoGPT's transformer
 
-Per sequence length T (batch = --tokens_per_step // T), every model is built and takes --warmup untimed steps;
-then the models take turns for --repeats timed runs of --steps steps each (run 1 of every model, then run 2,
+Per sequence length T (batch = --tokens_per_step // T), every model is built; the models take turns for --warmup
+untimed steps, then for --repeats timed runs of --steps steps each (run 1 of every model, then run 2,
 ...), in this one process, so a change of machine load mid-benchmark falls on all models alike. --compile
 times torch.compile(model) instead (the first warm-up step compiles; its seconds are in the JSON as
 first_step_s). Reported: tokens/s as the median of the runs with
@@ -213,7 +213,7 @@ class Run:
         self.runs, self.first_step_s = [], None
 
     def warm_up(self, steps, device):
-        for i in range(steps):  # (with --compile the first step also compiles)
+        for _ in range(steps):  # (with --compile the first step also compiles)
             t0 = time.perf_counter()
             training_step(self.step_fn, self.optimizer, self.x, self.y)
             sync(device)
@@ -362,12 +362,14 @@ def main(argv=None):
 
     command = shlex.join(["python", "benchmark_training.py", *(sys.argv[1:] if argv is None else argv)])
     header = (f"n_layer={args.n_layer} n_embd={args.n_embd} n_head={args.n_head} vocab={args.vocab_size} {args.dtype} "
-              f"{device} threads={args.threads}{' torch.compile' if args.compile else ''}, {args.tokens_per_step} tokens/step, {args.warmup} warm-up steps, "
+              f"{device} threads={args.threads}{' torch.compile' if args.compile else ''}, {args.tokens_per_step} "
+              f"tokens/step, {args.warmup} warm-up steps, "
               f"tokens/s = median (min, max) of {args.repeats} runs of {args.steps} timed steps each, the models "
               f"taking turns")
     text = (f"{command}\n{header}\n\n{throughput_table(results)}\n\n"
             f"forward + backward time per sub-layer type (with its pre-norm), ms and % of one step: the step of "
-            f"median time of {args.steps} more steps run with timing hooks{' (eager, not compiled)' if args.compile else ''} (the 'step' row; hooks add overhead"
+            f"median time of {args.steps} more steps run with timing hooks{' (eager, not compiled)' if args.compile else ''}"
+            f" (the 'step' row; hooks add overhead"
             f"{' and synchronise CUDA: approximate' if device.type == 'cuda' else ''}); optimizer = AdamW step + "
             f"zero_grad, other = the rest (residual adds, autograd)\n{breakdown_table(results)}\n")
     print(text, end="")
