@@ -212,12 +212,11 @@ class Run:
         self.x, self.y = data[:, :-1], data[:, 1:]
         self.runs, self.first_step_s = [], None
 
-    def warm_up(self, steps, device):
-        for _ in range(steps):  # (with --compile the first step also compiles)
-            t0 = time.perf_counter()
-            training_step(self.step_fn, self.optimizer, self.x, self.y)
-            sync(device)
-            self.first_step_s = self.first_step_s or time.perf_counter() - t0
+    def warm_up_step(self, device):
+        t0 = time.perf_counter()
+        training_step(self.step_fn, self.optimizer, self.x, self.y)  # with --compile the first one compiles
+        sync(device)
+        self.first_step_s = self.first_step_s or time.perf_counter() - t0
 
     def timed_run(self, steps, device):
         sync(device)
@@ -398,10 +397,12 @@ def run_all(configs, args, device):
             if T == seq_len:
                 torch.manual_seed(0)
                 runs[name] = Run(name, build_model(config).to(device), batch_size, seq_len, args, device)
-        for step in range(args.warmup):  # in turns too: with --compile, one model's compile can make another
-            for name, run in runs.items():  # recompile on its next step, which then falls in the warm-up
+        # the warm-up takes turns too: with --compile one model's compile can make another recompile on its next
+        # step, which then falls in the warm-up
+        for step in range(args.warmup):
+            for name, run in runs.items():
                 progress.set_postfix_str(f"T={seq_len} {name} warm-up {step + 1}")
-                run.warm_up(1, device)
+                run.warm_up_step(device)
         progress.update(len(runs))
         for repeat in range(args.repeats):
             for name, run in runs.items():
