@@ -28,6 +28,11 @@ seconds (a run that finished sooner counts with its final loss); mid-run points 
 min_lr, so this favours no one but is not the same as a run scheduled for S seconds. Timings depend on what
 else runs at the same time: compare them only within one sweep (same --parallel, same machine).
 
+--include PATH takes finished runs from an earlier sweep's ablate_runs.json (a session whose out/ is gone):
+each one fills its variant x seed unless --out_dir holds that run finished, so it is neither run nor rerun.
+The variant must have the same overrides there and the same recipe; the table's note names the file, its
+extra overrides, and how many runs came from it (their timings come from that session's machine).
+
 --reference NAME=PATH adds a row made elsewhere (out/ref/run_ref.py writes them): a JSON object with "how"
 (a string), "params" (and optionally "params_nonemb", "tokens") and "runs": a list of {"seed", "final_val",
 "tok_s"} with optional "final_train", "train_s", "wall_s" and "curve" ([[iter, tokens, train_s, eval_train,
@@ -287,6 +292,27 @@ def load_reference(name, path):
     return ref
 
 
+def load_included(path, recipe):
+    """{variant: (overrides, {seed: run})} of an earlier sweep's ablate_runs.json, each run marked with it."""
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except FileNotFoundError:
+        raise AblateError(f"--include {path}: no such file") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise AblateError(f"--include {path}: cannot read it as JSON ({e})") from None
+    if not isinstance(old, dict) or not isinstance(old.get("rows"), list):
+        raise AblateError(f"--include {path}: expected an ablate_runs.json (a JSON object with 'rows')")
+    if old.get("recipe") != recipe:
+        raise AblateError(f"--include {path}: made with recipe {old.get('recipe')!r}, not {recipe!r}")
+    found = {}
+    for row in old["rows"]:
+        if isinstance(row, dict) and "reference" not in row and isinstance(row.get("runs"), list):
+            runs = {r["seed"]: {**r, "included_from": os.path.relpath(path, ROOT)} for r in row["runs"]}
+            found[row["name"]] = (row.get("overrides"), runs)
+    return {"path": os.path.relpath(path, ROOT), "extra": old.get("extra_overrides", []), "rows": found}
+
+
 # ----------------------------------------------------------------------------------------------------
 # summary, table, plot
 
@@ -520,6 +546,8 @@ def parse_args(argv):
                    help="also report each variant's val loss interpolated at S training seconds")
     p.add_argument("--reference", action="append", default=[], metavar="NAME=PATH",
                    help="add a row from a JSON made elsewhere (e.g. out/ref/run_ref.py); repeatable")
+    p.add_argument("--include", action="append", default=[], metavar="PATH",
+                   help="take finished runs from an earlier sweep's ablate_runs.json; repeatable")
     p.add_argument("--baseline", default=None, help="the row the Δ column compares with (default: the first variant)")
     p.add_argument("--assets", default=None, metavar="DIR", help="also copy the table, JSON and plot into DIR")
     p.add_argument("--report_only", action="store_true", help="run nothing: tabulate the finished runs")
@@ -568,6 +596,7 @@ def main(argv=None):
         if not sep or not name or not path:
             raise AblateError(f"--reference expects NAME=PATH, got {spec!r}")
         refs.append((name, path, load_reference(name, path)))
+    included = [load_included(path, os.path.relpath(args.recipe, ROOT)) for path in args.include]
     baseline = args.baseline or names[0]
     if baseline not in names and baseline not in [r[0] for r in refs]:
         raise AblateError(f"--baseline {baseline!r} is not one of the rows")
@@ -578,7 +607,7 @@ def main(argv=None):
     threads = 0
     if args.device == "cpu":
         threads = args.threads or max(1, cpu_cores() // args.parallel)
-    variants, jobs, skipped, reruns, stale = {}, [], 0, 0, set()
+    variants, jobs, skipped, reruns, stale, from_earlier = {}, [], 0, 0, set(), {}
     for name in names:
         run_args = override_args(VARIANTS[name]) + extra
         try:
@@ -594,6 +623,10 @@ def main(argv=None):
                           "tokens": cfg["max_iters"] * cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"],
                           "max_iters": cfg["max_iters"], "dataset": os.path.basename(os.path.normpath(cfg["data_dir"]))
                           if cfg.get("data_dir") else cfg["dataset"], "runs": []}
+        for inc in included:
+            if name in inc["rows"] and inc["rows"][name][0] != VARIANTS[name]:
+                raise AblateError(f"--include {inc['path']}: its {name} was made with other overrides "
+                                  f"({' '.join(override_args(inc['rows'][name][0] or {})) or 'none'})")
         for seed in seeds:
             run_dir = os.path.join(out_dir, name, f"seed{seed}")
             spec_args = [os.path.relpath(args.recipe, ROOT), *run_args, f"--device={args.device}", f"--seed={seed}"]
@@ -611,6 +644,11 @@ def main(argv=None):
             if is_complete(run_dir, cfg["max_iters"]) and same:
                 skipped += 1
                 continue
+            earlier = [inc["rows"][name][1][seed] for inc in included
+                       if name in inc["rows"] and seed in inc["rows"][name][1]]
+            if earlier:
+                from_earlier[(name, seed)] = earlier[0]
+                continue
             if not same:
                 reruns += 1
                 stale.add(run_dir)
@@ -619,6 +657,8 @@ def main(argv=None):
 
     total = len(names) * len(seeds)
     failed = []
+    if from_earlier:
+        print(f"ablate: {len(from_earlier)} runs taken from --include (not run here)")
     if args.report_only:
         print(f"ablate: {total} runs ({len(names)} variants x {len(seeds)} seeds): report only, "
               f"{skipped} complete, {len(jobs)} not" + (f" ({len(stale)} made with other settings: left out)"
@@ -645,6 +685,9 @@ def main(argv=None):
         v = variants[name]
         for seed in seeds:
             run_dir = os.path.join(out_dir, name, f"seed{seed}")
+            if (name, seed) in from_earlier:
+                v["runs"].append(from_earlier[(name, seed)])
+                continue
             if args.report_only and run_dir in stale:
                 continue
             run = summarize_run(run_dir, seed, v["max_iters"])
@@ -661,6 +704,13 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     par = sorted({(r.get("parallel"), r.get("threads"), r.get("device")) for v in variants.values() for r in v["runs"]
                   if r.get("parallel") is not None}, key=str)
+    earlier_notes = []
+    for inc in included:
+        n = sum(r["included_from"] == inc["path"] for r in from_earlier.values())
+        if n:
+            earlier_notes.append(f"{n} run(s) from an earlier sweep, {inc['path']}"
+                                 + (f" (made with {' '.join(inc['extra'])})" if inc["extra"] else "")
+                                 + ": their timings come from that session's machine. ")
     note = (f"Recipe: {os.path.relpath(args.recipe, ROOT)}" + (f" + {' '.join(extra)}" if extra else "")
             + f"; seeds {', '.join(map(str, seeds))}. val CE: final evaluation, nats/token on held-out stories; "
             "std over seeds. train s: time in training steps (evaluation excluded); wall s: elapsed to the last step. "
@@ -668,7 +718,7 @@ def main(argv=None):
                if par else "")
             + (f"val @ {args.wall_clock:g} train s: val curve interpolated at that training time (final loss if the "
                "run finished sooner). " if args.wall_clock is not None else "")
-            + "Reference rows: their 'how'.")
+            + "".join(earlier_notes) + "Reference rows: their 'how'.")
     table = make_table(rows, baseline, args.wall_clock, note)
     paths = [os.path.join(out_dir, f) for f in OUTPUTS]
     with open(paths[0], "w") as f:

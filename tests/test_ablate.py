@@ -111,12 +111,41 @@ def test_a_changed_default_makes_a_run_stale(sweep, tmp_path):
     assert "3 complete, 1 not (1 made with other settings: left out)" in again.stdout
 
 
+def test_include_takes_runs_from_an_earlier_sweep(sweep, tmp_path):
+    """Runs saved in an earlier sweep's ablate_runs.json fill their slots: nothing is run again."""
+    _, out, args, _ = sweep
+    earlier = json.loads((out / "ablate_runs.json").read_text())
+    saved = tmp_path / "earlier.json"
+    saved.write_text(json.dumps(earlier))
+    fresh = tmp_path / "fresh"
+    args = [fresh if a == out else a for a in args]
+    res = run_ablate(*args, "--include", saved)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 runs taken from --include" in res.stdout and "0 to run" in res.stdout
+    assert not list(fresh.glob("*/seed*"))  # no run directory: nothing ran
+    rows = {r["name"]: r for r in json.loads((fresh / "ablate_runs.json").read_text())["rows"]}
+    for row in (r for r in earlier["rows"] if "reference" not in r):  # a reference row is not a run of ours
+        assert [r["final_val"] for r in rows[row["name"]]["runs"]] == [r["final_val"] for r in row["runs"]]
+        assert all(r["included_from"] for r in rows[row["name"]]["runs"])
+    assert "4 run(s) from an earlier sweep" in (fresh / "ablate_table.md").read_text()
+
+    earlier["rows"][0]["overrides"] = {"head_size": 8}  # the variant has changed since
+    saved.write_text(json.dumps(earlier))
+    res = run_ablate(*args, "--include", saved)
+    assert res.returncode != 0 and "made with other overrides (--head_size=8)" in res.stderr.strip().splitlines()[-1]
+    earlier["recipe"] = "config/other.py"
+    saved.write_text(json.dumps(earlier))
+    res = run_ablate(*args, "--include", saved)
+    assert res.returncode != 0 and "made with recipe 'config/other.py'" in res.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--variants", "rwkv,nope"], "unknown variant 'nope'"),
     (["--variants", "rwkv", "--seeds", "1,x"], "--seeds must be comma-separated integers"),
     (["--variants", "rwkv", "--seeds", "1,1"], "--seeds must be distinct"),
     (["--variants", "rwkv", "--reference", "nano=/no/such/file.json"], "no such file"),
     (["--variants", "rwkv", "--reference", "just-a-path.json"], "expects NAME=PATH"),
+    (["--variants", "rwkv", "--include", "/no/such/runs.json"], "no such file"),
     (["--variants", "rwkv", "--recipe", "/no/such/recipe.py"], "recipe not found"),
     (["--variants", "rwkv", "--seed=3"], "set per run by ablate.py"),
     (["--variants", "rwkv", "stray"], "unexpected argument 'stray'"),
