@@ -68,6 +68,7 @@ VARIANTS = {
     "full": {"use_swa": True, "use_gqa": True, "use_moe": True},  # the full MicroRWKV layer (SWA 128, GQA 4q/2kv, top-2 of 4 experts)
     "full-no-swa": {"use_gqa": True, "use_moe": True},  # the full layer without sliding-window attention
     "full-no-gqa": {"use_swa": True, "use_moe": True},  # the full layer without grouped-query attention
+    "full-no-attn": {"use_moe": True},  # the full layer without SWA and GQA: TimeMix + MoE ChannelMix
     "full-no-moe": {"use_swa": True, "use_gqa": True},  # the full layer without the mixture of experts
     "rwkv-deep": {"n_layer": 11},  # pure RWKV with the full layer's parameters, deeper: 11 layers (22.3M vs 22.3M)
     "rwkv-wide": {"n_embd": 320, "n_head": 5},  # pure RWKV with the full layer's parameters, wider: 320 (21.4M; 64-multiples)
@@ -709,7 +710,8 @@ def main(argv=None):
         n = sum(r["included_from"] == inc["path"] for r in from_earlier.values())
         if n:
             earlier_notes.append(f"{n} run(s) from an earlier sweep, {inc['path']}"
-                                 + (f" (made with {' '.join(inc['extra'])})" if inc["extra"] else "")
+                                 + (f" (made with {' '.join(inc['extra']) or 'no extra overrides'})"
+                                    if inc["extra"] != extra else "")
                                  + ": their timings come from that session's machine. ")
     note = (f"Recipe: {os.path.relpath(args.recipe, ROOT)}" + (f" + {' '.join(extra)}" if extra else "")
             + f"; seeds {', '.join(map(str, seeds))}. val CE: final evaluation, nats/token on held-out stories; "
