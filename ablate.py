@@ -275,14 +275,19 @@ def summarize_run(run_dir, seed, max_iters):
     return run
 
 
-def load_reference(name, path):
+def read_json(what, path):
+    """The JSON in `path`; a missing or unreadable file is an AblateError naming `what` (the flag given)."""
     try:
         with open(path) as f:
-            ref = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
-        raise AblateError(f"--reference {name}={path}: no such file") from None
+        raise AblateError(f"{what}: no such file") from None
     except (OSError, json.JSONDecodeError) as e:
-        raise AblateError(f"--reference {name}={path}: cannot read it as JSON ({e})") from None
+        raise AblateError(f"{what}: cannot read it as JSON ({e})") from None
+
+
+def load_reference(name, path):
+    ref = read_json(f"--reference {name}={path}", path)
     if not isinstance(ref, dict) or not isinstance(ref.get("runs"), list) or not ref["runs"]:
         raise AblateError(f"--reference {name}={path}: expected a JSON object with a non-empty 'runs' list")
     for r in ref["runs"]:
@@ -295,13 +300,7 @@ def load_reference(name, path):
 
 def load_included(path, recipe):
     """{variant: (overrides, {seed: run})} of an earlier sweep's ablate_runs.json, each run marked with it."""
-    try:
-        with open(path) as f:
-            old = json.load(f)
-    except FileNotFoundError:
-        raise AblateError(f"--include {path}: no such file") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise AblateError(f"--include {path}: cannot read it as JSON ({e})") from None
+    old = read_json(f"--include {path}", path)
     if not isinstance(old, dict) or not isinstance(old.get("rows"), list):
         raise AblateError(f"--include {path}: expected an ablate_runs.json (a JSON object with 'rows')")
     if old.get("recipe") != recipe:
