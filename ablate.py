@@ -59,6 +59,7 @@ VARIANTS = {
     "gpt": {"model_type": "gpt"},  # nanoGPT's transformer on the same recipe (learned positions, 4x GELU MLP)
     "rwkv-head32": {"head_size": 32},  # RWKV head size 32 (8 heads) instead of 64 (4 heads)
     "rwkv-init-rwkv": {"init_scheme": "rwkv"},  # RWKV's per-parameter initialisation instead of GPT-2's normal(0.02)
+    "rwkv-init-gpt2": {"init_scheme": "gpt2"},  # GPT-2's normal(0.02) with scaled residual projections (for recipes on model.py's default init)
     "rwkv-cmix3": {"cmix_mult": 3.0},  # ChannelMix 3x wide (nanoRWKV's) instead of 3.5x
     "rwkv-wd-time": {"weight_decay_time": True},  # weight decay on time_faaaa too (the only time_* matrix; nanoRWKV decays none)
     "rwkv-no-ln-emb": {"ln_emb": False},  # no LayerNorm on the embedding (RWKV's ln0 off; nanoRWKV has none)

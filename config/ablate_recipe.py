@@ -39,6 +39,7 @@ block_size = 256
 vocab_size = 50304
 bias = False
 dropout = 0.0
+init_scheme = 'gpt2'  # the baseline every row was run against; model.py's default is 'rwkv' since rwkv-init-rwkv's rows
 # only used when the full MicroRWKV layer is switched on (use_swa / use_gqa / use_moe)
 window_size = 128  # SWA over half the context
 n_kv_head = 2  # GQA: 2 query heads per key/value head

@@ -340,7 +340,8 @@ def test_prefill_state_owns_only_its_own_bytes(version):
 
 
 def test_residual_projections_scale_with_the_number_of_sublayers():
-    config = tiny_config(n_layer=3, n_embd=128, n_head=4, head_size=32, expert_dim=256, num_experts=4)
+    config = tiny_config(n_layer=3, n_embd=128, n_head=4, head_size=32, expert_dim=256, num_experts=4,
+                         init_scheme="gpt2")
     model = MicroRWKV(config)
     expected = 0.02 / (3 * 5) ** 0.5  # 3 layers x 5 residual sub-layers; the 4 experts are one sub-layer
     for b in model.blocks:
@@ -349,6 +350,18 @@ def test_residual_projections_scale_with_the_number_of_sublayers():
         assert b.tmix.key.weight.std().item() == pytest.approx(0.02, rel=0.1)
     gpt = GPT(tiny_config(model_type="gpt", n_layer=3, n_embd=128))
     assert gpt.blocks[0].mlp.c_proj.weight.std().item() == pytest.approx(0.02 / 6 ** 0.5, rel=0.1)
+
+
+def test_default_rwkv_init_starts_each_rwkv_sublayer_as_the_identity():
+    model = MicroRWKV(tiny_config(n_layer=3, n_embd=128, n_head=4, head_size=32, expert_dim=256))
+    for b in model.blocks:
+        assert b.tmix.output.weight.abs().max() == 0 and b.cmix.value.weight.abs().max() == 0
+        assert b.cmix.receptance.weight.abs().max() == 0
+        for w, gain in ((b.tmix.receptance.weight, 1.0), (b.tmix.key.weight, 0.1), (b.cmix.key.weight, 1.0)):
+            small = w if w.shape[0] <= w.shape[1] else w.T  # orthogonal: orthonormal rows of the short side
+            assert torch.allclose(small @ small.T, gain ** 2 * torch.eye(small.shape[0]), atol=1e-5)
+        # attention and experts keep GPT-2's init, scaled by the number of residual sub-layers
+        assert b.swa.output.weight.std().item() == pytest.approx(0.02 / (3 * 5) ** 0.5, rel=0.1)
 
 
 def test_flops_per_token_by_hand():
