@@ -360,7 +360,7 @@ def test_default_rwkv_init_starts_each_rwkv_sublayer_as_the_identity():
         for w, gain in ((b.tmix.receptance.weight, 1.0), (b.tmix.key.weight, 0.1), (b.cmix.key.weight, 1.0)):
             small = w if w.shape[0] <= w.shape[1] else w.T  # orthogonal: orthonormal rows of the short side
             assert torch.allclose(small @ small.T, gain ** 2 * torch.eye(small.shape[0]), atol=1e-5)
-        # attention and experts keep GPT-2's init, scaled by the number of residual sub-layers
+        # attention keeps GPT-2's init, scaled by the number of residual sub-layers
         assert b.swa.output.weight.std().item() == pytest.approx(0.02 / (3 * 5) ** 0.5, rel=0.1)
 
 
