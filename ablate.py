@@ -403,7 +403,7 @@ def make_plot(rows, path, title):
             xs, ys, lo, hi = zip(*pts)
             style = "--" if r.get("reference") else "-"
             ax.plot(xs, ys, style, marker="o", markersize=3, color=f"C{i % 10}",
-                    label=f"{r['name']} ({r['summary']['n']} seeds)")
+                    label=f"{r['name']} ({r['summary']['n']} seed{'s' if r['summary']['n'] > 1 else ''})")
             if len(r["runs"]) > 1:
                 ax.fill_between(xs, lo, hi, color=f"C{i % 10}", alpha=0.2)
         ax.set_xlabel(xlabel)
