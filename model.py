@@ -51,6 +51,7 @@ class GPTConfig:
     use_gqa: bool = True
     use_moe: bool = True
     attn_every: int = 1  # SWA/GQA sub-layers only in every attn_every-th layer (the last of each group)
+    layers: str = ""  # per-layer attention, one letter a layer: R (none), S (SWA), G (GQA), A (both); "" = from the 3 above
     head_size: int = 64  # RWKV TimeMix head size (the state per head is head_size x head_size)
     chunk_len: int = 64  # TimeMix chunk length in the parallel form (x051a: an upper bound, see TimeMix.chunk_length)
     cmix_mult: float = 3.5  # ChannelMix hidden size, in multiples of n_embd
@@ -74,7 +75,9 @@ class GPTConfig:
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
         need(self.n_head >= 1 and self.n_embd % self.n_head == 0,
              f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head} (e.g. n_head=1)")
-        attention = self.model_type == "gpt" or self.use_swa or self.use_gqa
+        swa = any(c in "SA" for c in self.layers) if self.layers else self.use_swa
+        gqa = any(c in "GA" for c in self.layers) if self.layers else self.use_gqa
+        attention = self.model_type == "gpt" or swa or gqa
         if self.model_type == "microrwkv":
             need(self.head_size >= 1 and self.n_embd % self.head_size == 0,
                  f"n_embd={self.n_embd} must be a multiple of head_size={self.head_size} (e.g. head_size="
@@ -86,9 +89,9 @@ class GPTConfig:
             if attention and self.n_head >= 1 and self.n_embd % self.n_head == 0:
                 need(self.n_embd // self.n_head % 2 == 0,
                      f"n_embd // n_head = {self.n_embd // max(self.n_head, 1)} must be even (rotary positions)")
-            if self.use_swa:
+            if swa:
                 need(self.window_size >= 1, f"window_size={self.window_size} must be >= 1")
-            if self.use_gqa:
+            if gqa:
                 need(self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0,
                      f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head} (e.g. n_kv_head=1)")
             if self.use_moe:
@@ -97,8 +100,21 @@ class GPTConfig:
                 need(1 <= self.num_active_experts <= self.num_experts,
                      f"num_active_experts={self.num_active_experts} must be in 1..num_experts={self.num_experts}")
                 need(self.aux_loss_weight >= 0, f"aux_loss_weight={self.aux_loss_weight} must be >= 0")
+        if self.layers:
+            need(len(self.layers) == self.n_layer and set(self.layers) <= set("RSGA"),
+                 f"layers={self.layers!r} must be one letter per layer (n_layer={self.n_layer}) from R (RWKV only), "
+                 f"S (+ SWA), G (+ GQA), A (+ both), e.g. {'R' * (self.n_layer - 1) + 'G'!r}")
         if problems:
             raise ValueError("bad model config: " + "; ".join(problems))
+
+    def layer_attention(self, layer_id):
+        """(has SWA, has GQA) of layer `layer_id`: from `layers` when it is set, else from use_swa, use_gqa and
+        attn_every (SWA and GQA in every attn_every-th layer), which is what configs without `layers` meant."""
+        if self.layers:
+            letter = self.layers[layer_id]
+            return letter in "SA", letter in "GA"
+        every = (layer_id + 1) % self.attn_every == 0
+        return self.use_swa and every, self.use_gqa and every
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1025,15 +1041,15 @@ class Block(nn.Module):
     def __init__(self, config, layer_id):
         super().__init__()
         C, bias = config.n_embd, config.bias
-        has_attn = (layer_id + 1) % config.attn_every == 0
+        has_swa, has_gqa = config.layer_attention(layer_id)
         v7 = config.rwkv_version == "x070"
         self.ln_tmix, self.tmix = nn.LayerNorm(C, bias=bias), (TimeMix7 if v7 else TimeMix)(config, layer_id)
         self.ln_cmix, self.cmix = nn.LayerNorm(C, bias=bias), (ChannelMix7 if v7 else ChannelMix)(config, layer_id)
         self.swa = self.gqa = self.moe = None
-        if config.use_swa and has_attn:
+        if has_swa:
             self.ln_swa = nn.LayerNorm(C, bias=bias)
             self.swa = CausalSelfAttention(config, n_kv_head=config.n_head, window_size=config.window_size)
-        if config.use_gqa and has_attn:
+        if has_gqa:
             self.ln_gqa = nn.LayerNorm(C, bias=bias)
             self.gqa = CausalSelfAttention(config, n_kv_head=config.n_kv_head)
         if config.use_moe:

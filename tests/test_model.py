@@ -241,6 +241,18 @@ def test_architecture_switches():
         build_model(tiny_config(model_type="lstm"))
 
 
+def test_layers_pattern_places_swa_and_gqa_per_layer_and_overrides_the_switches():
+    model = MicroRWKV(tiny_config(n_layer=4, layers="RSGA", use_swa=False, use_gqa=False))
+    assert [(b.swa is not None, b.gqa is not None) for b in model.blocks] == [
+        (False, False), (True, False), (False, True), (True, True)]
+    # the window and the number of K/V heads are the config's, wherever the layer is
+    assert model.blocks[1].swa.window_size == 8 and model.blocks[2].gqa.n_kv_head == 2
+    # without a pattern, use_swa/use_gqa/attn_every keep their meaning
+    old = MicroRWKV(tiny_config(n_layer=4, attn_every=2, use_swa=False))
+    assert [(b.swa is not None, b.gqa is not None) for b in old.blocks] == [
+        (False, False), (False, True), (False, False), (False, True)]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_generate_prefills_once_then_one_token_per_step(kind):
     model = randomize(build_model(tiny_config(**KINDS[kind], block_size=32)))
@@ -393,6 +405,9 @@ def test_flops_per_token_by_hand():
     (dict(n_layer=0), "n_layer"),
     (dict(chunk_len=0), "chunk_len"),
     (dict(attn_every=0), "attn_every"),
+    (dict(layers="RGR"), "layers"),  # tiny_config has 2 layers: needs 2 letters from RSGA
+    (dict(layers="RX"), "layers"),
+    (dict(layers="RG", use_gqa=False, n_kv_head=3), "n_kv_head"),  # a GQA layer from the pattern is checked too
     (dict(dropout=1.0), "dropout"),
     (dict(model_type="lstm"), "model_type"),
     (dict(init_scheme="xavier"), "init_scheme"),

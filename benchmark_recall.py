@@ -1,0 +1,319 @@
+"""
+Associative recall (MQAR, Zoology: arXiv 2312.04927): which layouts can look a fact up, and at what state size.
+
+$ python benchmark_recall.py --models gpt,rwkv7,rwkv7-gqa4 --lrs 1e-3,3e-3 --seeds 1337 --out_dir out/recall
+$ python benchmark_recall.py --report_only --out_dir out/recall        # the table and plot from the saved runs
+
+A row of multi-query associative recall is `k1 v1 k2 v2 ... kP vP`, then the P keys again, each at a
+power-law distributed slot after the pairs (most queries come soon, some far), each followed by its value;
+every other token is noise from the value half of the vocabulary. At a query the model must predict the
+value that followed that key earlier in the row: it has to store P key-value bindings and look one up, which
+attention does by looking back and a recurrent model only if its state holds them all. Accuracy is over
+query positions only (per position, as Zoology reports it).
+
+Every model is trained from scratch with AdamW on freshly generated rows: each step draws one training
+setting (seq_len, pairs) and a batch of --tokens_per_step tokens of it. Rows are generated on the fly, so
+nothing is seen twice. After training, each model is tested on fixed rows of every test setting, including
+ones longer than training (rotary and RWKV models extrapolate; GPT's learned positions end at block_size:
+its cells there are "n/a"), and accuracy is split by key-query distance: within the SWA window or beyond it.
+
+Each run (model x learning rate x seed) is one JSON file in OUT/runs/, so sweeps can run side by side (one
+thread each) and resume; the report takes, per model, the learning rate with the best mean accuracy at the
+main setting (as Zoology sweeps and picks the best rate per model) and writes OUT/recall_table.md,
+OUT/recall_runs.json and OUT/recall_vs_state.png (accuracy against decoding-state bytes, Zoology's figure).
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from model import GPTConfig, build_model
+from metrics import save_figure
+
+# name -> GPTConfig overrides on top of the shared width/depth (layers: one letter a layer, R = RWKV only,
+# S = + sliding-window attention, G = + global grouped-query attention, A = + both; see GPTConfig.layers)
+LAYOUTS = {
+    "gpt": dict(model_type="gpt"),  # nanoGPT's transformer: global attention in every layer, learned positions
+    "rwkv": dict(rwkv_version="x051a"),  # pure RWKV-5 (x051a)
+    "rwkv7": dict(rwkv_version="x070"),  # pure RWKV-7 (x070)
+    "rwkv7-swa": dict(rwkv_version="x070", layers="S"),  # RWKV-7 + SWA in every layer, no global attention
+    "rwkv7-gqa": dict(rwkv_version="x070", layers="G"),  # RWKV-7 + GQA in every layer
+    "rwkv7-gqa2": dict(rwkv_version="x070", layers="RG"),  # RWKV-7 + GQA in every 2nd layer
+    "rwkv7-gqa4": dict(rwkv_version="x070", layers="RRRG"),  # RWKV-7 + GQA in the last of every 4 layers
+    "rwkv-gqa4": dict(rwkv_version="x051a", layers="RRRG"),  # RWKV-5 + GQA in the last of every 4 layers
+    "rwkv7-swa-gqa4": dict(rwkv_version="x070", layers="SSSG"),  # RWKV-7 + SWA, GQA instead in every 4th layer
+    "full": dict(rwkv_version="x051a", layers="A", use_moe=True),  # the full MicroRWKV layer (x051a)
+    "full7": dict(rwkv_version="x070", layers="A", use_moe=True),  # the full layer with RWKV-7 blocks
+}
+TRAIN_SETTINGS = [(64, 4), (128, 8), (256, 16), (256, 32), (512, 64)]  # (seq_len, key-value pairs), as Zoology's
+TEST_SETTINGS = [(64, 4), (128, 8), (256, 16), (512, 32), (512, 64), (1024, 64), (1024, 128), (2048, 128)]
+MAIN = (512, 64)
+
+
+def make_mqar(num_examples, seq_len, num_kv_pairs, vocab_size, seed, power_a=0.01):
+    """MQAR rows: (inputs, targets), LongTensors (num_examples, seq_len).
+
+    Keys come from the lower half of the vocabulary (unique within a row), values and noise from the upper
+    half. The first 2 * num_kv_pairs tokens are k, v, k, v, ...; the rest is (seq_len - 2P) // 2 two-token
+    slots, of which P are chosen, with probability proportional to slot^(power_a - 1) (slot = 1, 2, ...: near
+    slots much likelier), to hold `key value` for every key once; the others hold noise. targets[i, t] is the
+    value that followed inputs[i, t]'s earlier occurrence where inputs[i, t] is a query, and -1 elsewhere."""
+    P, half = num_kv_pairs, vocab_size // 2
+    slots = (seq_len - 2 * P) // 2
+    if P < 1 or half < P or slots < P:
+        raise ValueError(f"MQAR needs 1 <= pairs <= vocab_size/2 and seq_len >= 4 * pairs: got seq_len={seq_len}, "
+                         f"num_kv_pairs={P}, vocab_size={vocab_size}")
+    gen = torch.Generator().manual_seed(seed)
+    n = num_examples
+    keys = torch.rand(n, half, generator=gen).argsort(dim=1)[:, :P]  # P distinct keys per row
+    values = half + torch.randint(0, vocab_size - half, (n, P), generator=gen)
+    inputs = half + torch.randint(0, vocab_size - half, (n, seq_len), generator=gen)  # noise everywhere first
+    inputs[:, 0:2 * P:2], inputs[:, 1:2 * P:2] = keys, values
+    weight = torch.arange(1, slots + 1, dtype=torch.float64) ** (power_a - 1)
+    slot = torch.multinomial(weight.expand(n, slots), P, replacement=False, generator=gen)  # key j's query slot
+    query_pos = 2 * P + 2 * slot
+    inputs.scatter_(1, query_pos, keys)
+    inputs.scatter_(1, query_pos + 1, values)
+    targets = torch.full_like(inputs, -1)
+    targets.scatter_(1, query_pos, values)
+    return inputs, targets
+
+
+def key_distances(inputs, targets):
+    """For every supervised position (row-major, as targets[targets >= 0]): query position - key position."""
+    rows, cols = torch.nonzero(targets >= 0, as_tuple=True)
+    first = (inputs[rows] == inputs[rows, cols].unsqueeze(1)).int().argmax(dim=1)  # the key's first occurrence
+    return cols - first
+
+
+def model_config(name, args, block_size):
+    layout = dict(LAYOUTS[name])
+    letters = layout.pop("layers", "")
+    layers = (letters * args.n_layer)[:args.n_layer] if len(letters) == 1 else letters * (args.n_layer // max(len(letters), 1))
+    if letters and len(layers) != args.n_layer:
+        raise ValueError(f"layout {name} ({letters}) needs n_layer to be a multiple of {len(letters)}")
+    base = dict(block_size=block_size, vocab_size=args.vocab_size, n_layer=args.n_layer, n_embd=args.d_model,
+                n_head=args.d_model // args.head_size, head_size=args.head_size, window_size=args.window_size,
+                n_kv_head=1, use_swa=False, use_gqa=False, use_moe=False, num_experts=4, num_active_experts=2,
+                expert_dim=2 * args.d_model, chunk_len=32, bias=False, dropout=0.0)
+    base.update(layout, layers=layers)
+    return GPTConfig(**base)
+
+
+def state_bytes(state):
+    """Bytes of a decoding state: numel * element_size of every tensor in it (nested named tuples, lists)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    return sum(state_bytes(s) for s in state) if isinstance(state, (list, tuple)) else 0
+
+
+def lr_at(step, steps, lr):
+    warmup = max(1, steps // 10)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
+
+
+@torch.no_grad()
+def evaluate(model, setting, args, max_len):
+    """Accuracy on the test rows of one setting: all queries, and those within / beyond the SWA window."""
+    seq_len, pairs = setting
+    if seq_len > max_len:
+        return None
+    inputs, targets = make_mqar(args.test_examples, seq_len, pairs, args.vocab_size, seed=10**6 + seq_len + pairs)
+    hits = []
+    for i in range(0, len(inputs), args.eval_batch):
+        logits, _ = model(inputs[i:i + args.eval_batch], targets[i:i + args.eval_batch])
+        t = targets[i:i + args.eval_batch]
+        hits.append(logits.argmax(-1)[t >= 0] == t[t >= 0])
+    hits = torch.cat(hits).float()
+    far = key_distances(inputs, targets) >= args.window_size  # beyond the window: SWA cannot see the key
+    return dict(acc=hits.mean().item(), acc_near=hits[~far].mean().item() if (~far).any() else None,
+                acc_far=hits[far].mean().item() if far.any() else None, far_share=far.float().mean().item())
+
+
+def train_one(name, lr, seed, args):
+    torch.manual_seed(seed)
+    block_size = max(MAIN[0], *(s for s, _ in TRAIN_SETTINGS))
+    model = build_model(model_config(name, args, block_size))
+    opt = model.configure_optimizers(args.weight_decay, lr, (0.9, 0.98), "cpu")
+    gen = torch.Generator().manual_seed(seed)
+    losses, t0 = [], time.time()
+    for step in tqdm(range(args.steps), desc=f"{name} lr={lr:g} seed={seed}", leave=False, file=sys.stderr):
+        seq_len, pairs = TRAIN_SETTINGS[torch.randint(len(TRAIN_SETTINGS), (1,), generator=gen).item()]
+        x, y = make_mqar(max(1, args.tokens_per_step // seq_len), seq_len, pairs, args.vocab_size,
+                         seed=int(torch.randint(2**62, (1,), generator=gen)))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.steps, lr) * group.get("lr_scale", 1.0)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    train_s = time.time() - t0
+    model.eval()
+    # a model with learned positions cannot read past them; rotary and RWKV models can
+    max_len = block_size if name == "gpt" else max(s for s, _ in TEST_SETTINGS)
+    results = {f"{s}x{p}": evaluate(model, (s, p), args, max_len) for s, p in TEST_SETTINGS}
+    with torch.no_grad():
+        _, state = model.forward_with_state(torch.zeros(1, MAIN[0], dtype=torch.long))
+    return dict(model=name, lr=lr, seed=seed, steps=args.steps, tokens_per_step=args.tokens_per_step,
+                params=model.get_num_params(non_embedding=False), state_bytes=state_bytes(state),
+                config=vars(model.config), train_s=train_s, final_train_loss=statistics.mean(losses[-50:]),
+                results=results)
+
+
+def atomic_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_path(out_dir, name, lr, seed, args):
+    return os.path.join(out_dir, "runs", f"{name}_d{args.d_model}_l{args.n_layer}_w{args.window_size}_{args.steps}x{args.tokens_per_step}_lr{lr:g}_s{seed}.json")
+
+
+def load_runs(out_dir):
+    runs_dir = os.path.join(out_dir, "runs")
+    if not os.path.isdir(runs_dir):
+        return []
+    return [json.load(open(os.path.join(runs_dir, f))) for f in sorted(os.listdir(runs_dir)) if f.endswith(".json")]
+
+
+def summarize(runs):
+    """Per model: the learning rate with the best mean accuracy at MAIN, and its runs' mean accuracies."""
+    main = f"{MAIN[0]}x{MAIN[1]}"
+    by_model = {}
+    for r in runs:
+        by_model.setdefault(r["model"], {}).setdefault(r["lr"], []).append(r)
+    rows = []
+    for name in [m for m in LAYOUTS if m in by_model]:
+        lr, chosen = max(by_model[name].items(), key=lambda kv: statistics.mean(r["results"][main]["acc"] for r in kv[1]))
+        cells = {}
+        for key in chosen[0]["results"]:
+            vals = [r["results"][key] for r in chosen]
+            cells[key] = None if vals[0] is None else {
+                k: statistics.mean(v[k] for v in vals) if vals[0][k] is not None else None for k in vals[0]}
+        rows.append(dict(model=name, lr=lr, seeds=sorted(r["seed"] for r in chosen), params=chosen[0]["params"],
+                         state_bytes=chosen[0]["state_bytes"], train_s=statistics.median(r["train_s"] for r in chosen),
+                         lrs_tried=sorted(by_model[name]), cells=cells,
+                         main_per_seed=[r["results"][main]["acc"] for r in sorted(chosen, key=lambda r: r["seed"])]))
+    return rows
+
+
+def format_table(rows):
+    keys = [f"{s}x{p}" for s, p in TEST_SETTINGS]
+    main = f"{MAIN[0]}x{MAIN[1]}"
+    head = ("| model | layers | params | state KiB at 512 | best lr (of) | seeds | "
+            + " | ".join(f"{k.replace('x', ' / ')}" for k in keys) + f" | {main.replace('x', ' / ')}: near / far |")
+    lines = [head, "|" + " --- |" * (7 + len(keys))]
+    for r in rows:
+        c = r["cells"]
+        acc = [("n/a" if c[k] is None else f"{c[k]['acc']:.3f}") for k in keys]
+        near, far = c[main]["acc_near"], c[main]["acc_far"]
+        layers = LAYOUTS[r["model"]].get("layers", "G" if r["model"] == "gpt" else "R")
+        lines.append(f"| {r['model']} | {layers} | {r['params'] / 1e6:.2f}M | {r['state_bytes'] / 1024:.1f} | "
+                     f"{r['lr']:g} ({', '.join(f'{x:g}' for x in r['lrs_tried'])}) | {len(r['seeds'])} | "
+                     + " | ".join(acc) + f" | {near:.3f} / {far:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    main = f"{MAIN[0]}x{MAIN[1]}"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.scatter(r["state_bytes"] / 1024, r["cells"][main]["acc"], s=40)
+        ax.annotate(r["model"], (r["state_bytes"] / 1024, r["cells"][main]["acc"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(f"decoding state after {MAIN[0]} tokens (KiB, log scale)")
+    ax.set_ylabel(f"MQAR accuracy, {MAIN[0]} tokens, {MAIN[1]} pairs")
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def report(out_dir):
+    runs = load_runs(out_dir)
+    if not runs:
+        raise SystemExit(f"error: no finished runs in {os.path.join(out_dir, 'runs')}: run some models first")
+    rows = summarize(runs)
+    table = format_table(rows)
+    with open(os.path.join(out_dir, "recall_table.md.tmp"), "w") as f:
+        f.write(table)
+    os.replace(os.path.join(out_dir, "recall_table.md.tmp"), os.path.join(out_dir, "recall_table.md"))
+    atomic_json(os.path.join(out_dir, "recall_runs.json"), dict(summary=rows, runs=runs))
+    plot(rows, os.path.join(out_dir, "recall_vs_state.png"))
+    print(table)
+
+
+def parse_list(text, kind):
+    return [kind(x) for x in text.split(",") if x]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="layouts:\n" + "\n".join(f"  {k:15s} {v}" for k, v in LAYOUTS.items()))
+    p.add_argument("--models", default="gpt,rwkv,rwkv7,rwkv7-swa,rwkv7-gqa4", help="comma-separated layouts (below)")
+    p.add_argument("--d_model", type=int, default=128)
+    p.add_argument("--n_layer", type=int, default=4)
+    p.add_argument("--head_size", type=int, default=64, help="RWKV and attention head size")
+    p.add_argument("--window_size", type=int, default=64, help="SWA window (keys further back are out of its reach)")
+    p.add_argument("--vocab_size", type=int, default=512, help="keys from the lower half, values and noise the upper")
+    p.add_argument("--lrs", default="1e-3,3e-3", help="learning rates to sweep; the report takes each model's best")
+    p.add_argument("--seeds", default="1337")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--tokens_per_step", type=int, default=4096)
+    p.add_argument("--weight_decay", type=float, default=0.1)
+    p.add_argument("--test_examples", type=int, default=256, help="test rows per setting")
+    p.add_argument("--eval_batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out_dir", default="out/recall")
+    p.add_argument("--report_only", action="store_true", help="only write the table and plot from OUT/runs")
+    args = p.parse_args(argv)
+    try:
+        models, lrs, seeds = parse_list(args.models, str), parse_list(args.lrs, float), parse_list(args.seeds, int)
+    except ValueError as e:
+        raise SystemExit(f"error: --lrs and --seeds take comma-separated numbers ({e})")
+    unknown = [m for m in models if m not in LAYOUTS]
+    if unknown:
+        raise SystemExit(f"error: unknown --models {','.join(unknown)}; choose from {','.join(LAYOUTS)}")
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise SystemExit(f"error: --out_dir {args.out_dir} is a file; give a directory")
+    os.makedirs(os.path.join(args.out_dir, "runs"), exist_ok=True)
+    if args.report_only:
+        return report(args.out_dir)
+    try:
+        for name in models:
+            model_config(name, args, 512)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    torch.set_num_threads(args.threads)
+    jobs = [(m, lr, s) for s in seeds for m in models for lr in lrs]
+    for name, lr, seed in tqdm(jobs, desc="runs", file=sys.stderr):
+        path = run_path(args.out_dir, name, lr, seed, args)
+        if os.path.exists(path):
+            continue
+        run = train_one(name, lr, seed, args)
+        atomic_json(path, run)
+        main_acc = run["results"][f"{MAIN[0]}x{MAIN[1]}"]["acc"]
+        tqdm.write(f"{name} lr={lr:g} seed={seed}: acc {main_acc:.3f} at {MAIN[0]}/{MAIN[1]}, "
+                   f"{run['train_s']:.0f} s", file=sys.stderr)
+    report(args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
