@@ -51,13 +51,17 @@ def sublayers(cfg):
     v7 = getattr(cfg, "rwkv_version", "x051a") == "x070"  # RWKV-7: a delta-rule state of the same shape
     tmix = 'RWKV-7 "x070" delta-rule' if v7 else 'RWKV-5 "x051a"'
     hidden = 4 * C if v7 else int(cfg.cmix_mult * C) // 32 * 32
-    n_attn = L // cfg.attn_every  # layers attn_every, 2*attn_every, ... (1-based) have SWA/GQA
-    every = f"only in every {ordinal(cfg.attn_every)} layer ({n_attn} of {L})" if cfg.attn_every > 1 else ""
+    swa_layers, gqa_layers = attention_layers(cfg)
 
-    def off(use, flag):
-        if not use:
-            return f"off ({flag}=False)"
-        return f"in no layer (attn_every={cfg.attn_every} > n_layer={L})" if n_attn == 0 else ""
+    def where(layers):
+        return "" if len(layers) == L else f"only in layer{'s' * (len(layers) > 1)} {', '.join(str(i + 1) for i in layers)} ({len(layers)} of {L})"
+
+    def off(layers, flag):
+        if layers:
+            return ""
+        if getattr(cfg, "layers", ""):
+            return f"off (layers={cfg.layers!r})"
+        return f"off ({flag}=False)" if not getattr(cfg, flag) else f"in no layer (attn_every={cfg.attn_every} > n_layer={L})"
 
     return [
         dict(name="TimeMix", detail=f"{tmix} linear attention\n{H} heads x {N}", off="", note="",
@@ -65,12 +69,12 @@ def sublayers(cfg):
              nbytes=FLOAT32 * (C + H * N * N), per_token=0),
         dict(name="ChannelMix", detail=f"token-shift FFN, hidden {hidden}", off="",
              note="", state="x_prev", shape=f"x_prev (1, {C})", nbytes=FLOAT32 * C, per_token=0),
-        dict(name="SWA", detail=f"sliding window {W}, {cfg.n_head} heads x {hd}", off=off(cfg.use_swa, "use_swa"),
-             note=every, state=f"window_size-1 = {max(W - 1, 0)} keys + values (constant)",
+        dict(name="SWA", detail=f"sliding window {W}, {cfg.n_head} heads x {hd}", off=off(swa_layers, "use_swa"),
+             note=where(swa_layers), state=f"window_size-1 = {max(W - 1, 0)} keys + values (constant)",
              shape=f"K, V: 2 x (1, {cfg.n_head}, {max(W - 1, 0)}, {hd})",
              nbytes=2 * max(W - 1, 0) * C * FLOAT32, per_token=0),
-        dict(name="GQA", detail=f"{cfg.n_head} query heads share {KV} K/V heads", off=off(cfg.use_gqa, "use_gqa"),
-             note=every, state="every past key and value",
+        dict(name="GQA", detail=f"{cfg.n_head} query heads share {KV} K/V heads", off=off(gqa_layers, "use_gqa"),
+             note=where(gqa_layers), state="every past key and value",
              shape=f"K, V: 2 x (1, {KV}, T, {hd})", nbytes=0, per_token=2 * KV * hd * FLOAT32,
              formula="2 x n_kv_head x head_dim x T floats, grows"),
         dict(name="TinyMoE", detail=f"top-{cfg.num_active_experts} of {cfg.num_experts} experts (GELU MLPs, "
@@ -79,14 +83,29 @@ def sublayers(cfg):
     ]
 
 
+def attention_layers(cfg):
+    """The layers (0-based) that carry SWA, and those that carry GQA."""
+    from model import GPTConfig
+    marks = [GPTConfig.layer_attention(cfg, i) for i in range(cfg.n_layer)]
+    return [i for i, (swa, _) in enumerate(marks) if swa], [i for i, (_, gqa) in enumerate(marks) if gqa]
+
+
+def partial_attention(cfg):
+    """True when some layers have SWA or GQA and others do not."""
+    swa, gqa = attention_layers(cfg)
+    return any(0 < len(layers) < cfg.n_layer for layers in (swa, gqa))
+
+
 def totals(cfg, rows):
-    """(constant bytes, bytes per token) of a layer with every switched-on block, of a layer without SWA/GQA
-    (attn_every > 1 leaves them out of the other layers), and of the whole model."""
-    on = [r for r in rows if not r["off"]]
-    n_attn = cfg.n_layer // cfg.attn_every
-    full = (sum(r["nbytes"] for r in on), sum(r["per_token"] for r in on))
-    plain = (sum(r["nbytes"] for r in on if r["name"] not in ("SWA", "GQA")), 0)
-    model = (n_attn * full[0] + (cfg.n_layer - n_attn) * plain[0], n_attn * full[1])
+    """(constant bytes, bytes per token) of a layer with every switched-on block, of a layer without SWA/GQA,
+    and of the whole model (SWA and GQA counted in the layers that carry them)."""
+    on = {r["name"]: r for r in rows if not r["off"]}
+    swa_layers, gqa_layers = attention_layers(cfg)
+    full = (sum(r["nbytes"] for r in on.values()), sum(r["per_token"] for r in on.values()))
+    plain = (sum(r["nbytes"] for n, r in on.items() if n not in ("SWA", "GQA")), 0)
+    swa = on["SWA"]["nbytes"] if "SWA" in on else 0
+    gqa = on["GQA"]["per_token"] if "GQA" in on else 0
+    model = (cfg.n_layer * plain[0] + len(swa_layers) * swa, len(gqa_layers) * gqa)
     return full, plain, model
 
 
@@ -104,7 +123,7 @@ def table(cfg, rows, source):
             nbytes, what = str(r["nbytes"]), r["shape"] if r["nbytes"] else r["state"]
         lines.append(f"{r['name']:<16}{nbytes:>12}  {what}" + (f"; {r['note']}" if r["note"] and not r["off"] else ""))
     sums = [("layer", full, "")]
-    if cfg.attn_every > 1:
+    if partial_attention(cfg):
         sums.append(("layer, no attn", plain, " (the layers without SWA/GQA)"))
     sums.append(("model", model, f" ({cfg.n_layer} layers)"))
     for name, (const, tok), what in sums:
@@ -138,7 +157,8 @@ def draw(cfg, rows, source):
             fontsize=15, weight="bold")
     ax.text(4.5, 9.28, f"{source}: head_size {cfg.head_size}, n_head {cfg.n_head}, n_kv_head {cfg.n_kv_head}, "
             f"window_size {cfg.window_size}, block_size {cfg.block_size}" +
-            (f"; SWA/GQA in every {ordinal(cfg.attn_every)} layer" if cfg.attn_every > 1 else ""), ha="center", fontsize=9.5, color="#555555")
+            (f"; layers {cfg.layers}" if getattr(cfg, "layers", "") else
+             f"; SWA/GQA in every {ordinal(cfg.attn_every)} layer" if cfg.attn_every > 1 else ""), ha="center", fontsize=9.5, color="#555555")
     head = dict(fontsize=9.5, color="#555555", style="italic", va="bottom")
     ax.text(0.9, 8.72, "residual\nstream", ha="center", **head)
     ax.text(3.2, 8.72, "x = x + block(LayerNorm(x))", ha="center", **head)
@@ -203,7 +223,7 @@ def draw(cfg, rows, source):
     full, plain, model = totals(cfg, rows)
     grow = lambda tok: f" + {human(tok)}/token" if tok else " (constant)"
     per_layer = f"per layer: {human(full[0])}{grow(full[1])}"
-    if cfg.attn_every > 1:
+    if partial_attention(cfg):
         per_layer = f"per layer: {human(full[0])}{grow(full[1])} with SWA/GQA, {human(plain[0])} without,"
     ax.text(4.5, 0.5, f"{per_layer}      whole model ({cfg.n_layer} layers): {human(model[0])}{grow(model[1])}",
             ha="center", fontsize=9.5, weight="bold")

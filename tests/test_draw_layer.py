@@ -91,11 +91,26 @@ def test_switches_and_attn_every(tmp_path, capsys):
     assert s["GQA"] == "off" and s["TinyMoE"] == "off"
     assert s["SWA"] == swa and s["layer"] == plain + swa and s["layer, no attn"] == plain
     assert s["model"] == 2 * (plain + swa) + 2 * plain  # SWA in layers 2 and 4 only
-    assert "every 2nd layer (2 of 4)" in out
+    assert "only in layers 2, 4 (2 of 4)" in out
+
+
+def test_layers_pattern_counts_each_block_where_it_is(tmp_path, capsys):
+    cfg = tmp_path / "pattern.py"
+    cfg.write_text("n_layer = 4\nn_embd = 64\nhead_size = 16\nn_head = 2\nn_kv_head = 1\nwindow_size = 5\n"
+                   "use_moe = False\nlayers = 'SSRG'\n")
+    rc, out, _ = run(["--config", str(cfg), "--out", str(tmp_path / "l.png")], capsys)
+    assert rc == 0
+    s = sizes(out)
+    plain, swa = 4 * (64 + 4 * 16 * 16) + 4 * 64, 2 * 4 * 64 * 4
+    gqa_per_token = 2 * 1 * 32 * 4  # one K/V head of 32
+    assert s["SWA"] == swa and s["layer, no attn"] == plain
+    assert s["model"] == 4 * plain + 2 * swa  # SWA in layers 1 and 2
+    assert f"{gqa_per_token}/token" in out.splitlines()[-1]  # GQA in one layer
+    assert "only in layers 1, 2 (2 of 4)" in out and "only in layer 4 (1 of 4)" in out
 
 
 def test_rwkv_version_names_the_time_mix():
-    fields = dict(n_embd=64, head_size=16, n_layer=2, n_head=2, n_kv_head=1, window_size=4, attn_every=1,
+    fields = dict(n_embd=64, head_size=16, n_layer=2, n_head=2, n_kv_head=1, window_size=4, attn_every=1, layers="",
                   use_swa=True, use_gqa=True, use_moe=True, cmix_mult=3.5, num_experts=4, num_active_experts=2,
                   expert_dim=32, block_size=16)
     assert 'RWKV-5 "x051a"' in draw_layer.sublayers(types.SimpleNamespace(**fields))[0]["detail"]
