@@ -42,18 +42,21 @@ from metrics import save_figure
 LAYOUTS = {
     "gpt": dict(model_type="gpt"),  # nanoGPT's transformer: global attention in every layer, learned positions
     "rwkv": dict(rwkv_version="x051a"),  # pure RWKV-5 (x051a)
+    "rwkv-swa": dict(rwkv_version="x051a", layers="S"),  # RWKV-5 + SWA in every layer, no global attention
+    "rwkv-gqa": dict(rwkv_version="x051a", layers="G"),  # RWKV-5 + GQA in every layer
+    "rwkv-gqa2": dict(rwkv_version="x051a", layers="RG"),  # RWKV-5 + GQA in every 2nd layer
+    "rwkv-gqa4": dict(rwkv_version="x051a", layers="RRRG"),  # RWKV-5 + GQA in the last of every 4 layers
+    "full": dict(rwkv_version="x051a", layers="A", use_moe=True),  # the full MicroRWKV layer (x051a)
     "rwkv7": dict(rwkv_version="x070"),  # pure RWKV-7 (x070)
     "rwkv7-swa": dict(rwkv_version="x070", layers="S"),  # RWKV-7 + SWA in every layer, no global attention
     "rwkv7-gqa": dict(rwkv_version="x070", layers="G"),  # RWKV-7 + GQA in every layer
     "rwkv7-gqa2": dict(rwkv_version="x070", layers="RG"),  # RWKV-7 + GQA in every 2nd layer
     "rwkv7-gqa4": dict(rwkv_version="x070", layers="RRRG"),  # RWKV-7 + GQA in the last of every 4 layers
-    "rwkv-gqa4": dict(rwkv_version="x051a", layers="RRRG"),  # RWKV-5 + GQA in the last of every 4 layers
     "rwkv7-swa-gqa4": dict(rwkv_version="x070", layers="SSSG"),  # RWKV-7 + SWA, GQA instead in every 4th layer
-    "full": dict(rwkv_version="x051a", layers="A", use_moe=True),  # the full MicroRWKV layer (x051a)
     "full7": dict(rwkv_version="x070", layers="A", use_moe=True),  # the full layer with RWKV-7 blocks
 }
 TRAIN_SETTINGS = [(64, 4), (128, 8), (256, 16), (256, 32), (512, 64)]  # (seq_len, key-value pairs), as Zoology's
-TEST_SETTINGS = [(64, 4), (128, 8), (256, 16), (512, 32), (512, 64), (1024, 64), (1024, 128), (2048, 128)]
+TEST_SETTINGS = [(64, 4), (128, 8), (256, 16), (512, 32), (512, 64), (1024, 64), (2048, 64)]
 MAIN = (512, 64)
 
 
@@ -272,11 +275,11 @@ def main(argv=None):
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--head_size", type=int, default=64, help="RWKV and attention head size")
     p.add_argument("--window_size", type=int, default=64, help="SWA window (keys further back are out of its reach)")
-    p.add_argument("--vocab_size", type=int, default=512, help="keys from the lower half, values and noise the upper")
+    p.add_argument("--vocab_size", type=int, default=128, help="keys from the lower half, values and noise the upper")
     p.add_argument("--lrs", default="1e-3,3e-3", help="learning rates to sweep; the report takes each model's best")
     p.add_argument("--seeds", default="1337")
     p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--tokens_per_step", type=int, default=4096)
+    p.add_argument("--tokens_per_step", type=int, default=2048)
     p.add_argument("--weight_decay", type=float, default=0.1)
     p.add_argument("--test_examples", type=int, default=256, help="test rows per setting")
     p.add_argument("--eval_batch", type=int, default=32)
