@@ -548,6 +548,14 @@ def test_lm_head_decoding_form_equals_linear(rows, dtype):
     assert torch.allclose(head(x).float(), want, rtol=tol, atol=tol * want.abs().max().item())
 
 
+@pytest.mark.parametrize("rows", [1, 8, 17])
+def test_lm_head_returns_the_autocast_dtype_on_every_path(rows):
+    """float32 weights under bf16 autocast: bf16 logits for one row (matrix-vector), a few rows and many."""
+    head = LMHead(64, 1000, bias=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(torch.randn(rows, 1, 64)).dtype == torch.bfloat16
+
+
 def test_timemix_chunk_length_rule():
     tm = TimeMix(tiny_config(n_embd=128, head_size=64, chunk_len=128), layer_id=0)
     assert [tm.chunk_length(T) for T in (1, 45, 256)] == [1, 45, 64]  # up to max(head_size, 32)
