@@ -300,7 +300,8 @@ def load_reference(name, path):
 
 
 def load_included(path, recipe):
-    """{variant: (overrides, {seed: run})} of an earlier sweep's ablate_runs.json, each run marked with it."""
+    """{variant: (overrides, {seed: run}, resolved config or None)} of an earlier sweep's ablate_runs.json,
+    each run marked with it."""
     old = read_json(f"--include {path}", path)
     if not isinstance(old, dict) or not isinstance(old.get("rows"), list):
         raise AblateError(f"--include {path}: expected an ablate_runs.json (a JSON object with 'rows')")
@@ -310,7 +311,7 @@ def load_included(path, recipe):
     for row in old["rows"]:
         if isinstance(row, dict) and "reference" not in row and isinstance(row.get("runs"), list):
             runs = {r["seed"]: {**r, "included_from": os.path.relpath(path, ROOT)} for r in row["runs"]}
-            found[row["name"]] = (row.get("overrides"), runs)
+            found[row["name"]] = (row.get("overrides"), runs, row.get("config"))
     return {"path": os.path.relpath(path, ROOT), "extra": old.get("extra_overrides", []), "rows": found}
 
 
@@ -434,11 +435,27 @@ def cpu_cores():
         return os.cpu_count() or 1
 
 
+# train.py keys that change nothing a run computes (logging, checkpoints, threads): evaluation draws its own
+# batches, so runs that differ only in these train step for step alike
+NOT_COMPARED = ("out_dir", "eval_interval", "log_interval", "always_save_checkpoint", "ckpt_interval", "resume_ckpt",
+                "dry_run", "wandb_log", "wandb_project", "wandb_run_name", "wandb_mode", "num_threads",
+                "peak_flops_per_s", "backend")
+
+
+def config_differences(old, cfg):
+    """The keys, outside NOT_COMPARED, whose values differ between a saved resolved config and this one; a key
+    only one of them has differs too (a key added since may have changed what the default computes)."""
+    missing = object()
+    return sorted(k for k in set(old) | set(cfg)
+                  if k not in NOT_COMPARED and old.get(k, missing) != cfg.get(k, missing))
+
+
 def same_settings(spec, spec_args, cfg):
     """Whether a finished run's spec matches this sweep's run: the same arguments, and the same resolved
-    config (so a changed default in model.py or train.py reruns it too; keys added since count as equal)."""
-    old = spec.get("config", {})
-    return spec.get("args") == spec_args and all(old[k] == v for k, v in cfg.items() if k in old)
+    config (so a changed default in model.py or train.py reruns it too). A spec without a config cannot show
+    that: it does not match."""
+    return isinstance(spec.get("config"), dict) and spec.get("args") == spec_args \
+        and not config_differences(spec["config"], cfg)
 
 
 class Sweep:
@@ -621,13 +638,23 @@ def main(argv=None):
             what = f"the recipe file unchanged ({os.path.relpath(args.recipe, ROOT)})"
         variants[name] = {"how": " ".join(override_args(VARIANTS[name])) or "(the recipe)", "what": what,
                           "overrides": VARIANTS[name], "params": params, "params_nonemb": params_nonemb,
-                          "tokens": cfg["max_iters"] * cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"],
+                          "config": cfg, "tokens": cfg["max_iters"] * cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"],
                           "max_iters": cfg["max_iters"], "dataset": os.path.basename(os.path.normpath(cfg["data_dir"]))
                           if cfg.get("data_dir") else cfg["dataset"], "runs": []}
         for inc in included:
-            if name in inc["rows"] and inc["rows"][name][0] != VARIANTS[name]:
+            if name not in inc["rows"]:
+                continue
+            old_overrides, _, old_cfg = inc["rows"][name]
+            if old_overrides != VARIANTS[name]:
                 raise AblateError(f"--include {inc['path']}: its {name} was made with other overrides "
-                                  f"({' '.join(override_args(inc['rows'][name][0] or {})) or 'none'})")
+                                  f"({' '.join(override_args(old_overrides or {})) or 'none'})")
+            if not isinstance(old_cfg, dict):
+                raise AblateError(f"--include {inc['path']}: its {name} has no saved config, so nothing shows it was "
+                                  "made with this one; run it here")
+            diff = config_differences(old_cfg, cfg)
+            if diff:
+                raise AblateError(f"--include {inc['path']}: its {name} was made with another config: "
+                                  + ", ".join(f"{k}={old_cfg.get(k)!r} there, {cfg.get(k)!r} here" for k in diff[:3]))
         for seed in seeds:
             run_dir = os.path.join(out_dir, name, f"seed{seed}")
             spec_args = [os.path.relpath(args.recipe, ROOT), *run_args, f"--device={args.device}", f"--seed={seed}"]
@@ -641,8 +668,8 @@ def main(argv=None):
                     old_spec = json.load(f)
             except (OSError, json.JSONDecodeError):
                 pass
-            same = old_spec is None or same_settings(old_spec, spec_args, cfg)
-            if is_complete(run_dir, cfg["max_iters"]) and same:
+            complete = is_complete(run_dir, cfg["max_iters"])
+            if complete and old_spec is not None and same_settings(old_spec, spec_args, cfg):
                 skipped += 1
                 continue
             earlier = [inc["rows"][name][1][seed] for inc in included
@@ -650,7 +677,7 @@ def main(argv=None):
             if earlier:
                 from_earlier[(name, seed)] = earlier[0]
                 continue
-            if not same:
+            if complete or old_spec is not None:  # finished with other settings, or with none recorded
                 reruns += 1
                 stale.add(run_dir)
             jobs.append({"variant": name, "seed": seed, "run_dir": run_dir, "cmd": cmd, "spec_args": spec_args, "config": cfg,

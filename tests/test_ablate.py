@@ -109,6 +109,17 @@ def test_a_changed_default_makes_a_run_stale(sweep, tmp_path):
     again = run_ablate(*args, "--report_only")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "3 complete, 1 not (1 made with other settings: left out)" in again.stdout
+    fresh = json.loads((out / "rwkv" / "seed11" / "ablate_run.json").read_text())
+    for what, spec in (("made before configs were saved", {k: v for k, v in fresh.items() if k != "config"}),
+                       ("a key added since", {**fresh, "config": {k: v for k, v in fresh["config"].items()
+                                                                  if k != "ln_emb_init"}}),
+                       ("no spec at all", None)):
+        if spec is None:
+            spec_path.unlink()
+        else:
+            spec_path.write_text(json.dumps(spec))
+        again = run_ablate(*args, "--report_only")
+        assert "3 complete, 1 not (1 made with other settings: left out)" in again.stdout, what
 
 
 def test_include_takes_runs_from_an_earlier_sweep(sweep, tmp_path):
@@ -133,6 +144,15 @@ def test_include_takes_runs_from_an_earlier_sweep(sweep, tmp_path):
     saved.write_text(json.dumps(earlier))
     res = run_ablate(*args, "--include", saved)
     assert res.returncode != 0 and "made with other overrides (--head_size=8)" in res.stderr.strip().splitlines()[-1]
+    earlier["rows"][0]["overrides"] = {}
+    earlier["rows"][0]["config"]["learning_rate"] = 0.5  # a default changed since
+    saved.write_text(json.dumps(earlier))
+    res = run_ablate(*args, "--include", saved)
+    assert res.returncode != 0 and "made with another config: learning_rate=0.5 there" in res.stderr
+    del earlier["rows"][0]["config"]  # saved by an older ablate.py
+    saved.write_text(json.dumps(earlier))
+    res = run_ablate(*args, "--include", saved)
+    assert res.returncode != 0 and "has no saved config" in res.stderr
     earlier["recipe"] = "config/other.py"
     saved.write_text(json.dumps(earlier))
     res = run_ablate(*args, "--include", saved)
@@ -188,8 +208,13 @@ def test_training_seconds_leave_out_evaluations():
 
 
 def test_variants_are_train_overrides():
-    """Every variant's keys are GPTConfig or train.py keys (or the ones the issue adds), with a comment."""
+    """Every variant has a comment, and its overrides resolve on the recipe as train.py's configurator reads
+    them (known keys, values of the default's type) to exactly those values; a misspelled key is refused."""
     docs = ablate.variant_docs()
+    defaults = ablate.train_defaults()
     for name, overrides in ablate.VARIANTS.items():
         assert docs.get(name), f"{name} has no one-line comment"
-        assert all(re.fullmatch(r"[a-z_0-9]+", k) for k in overrides)
+        cfg = ablate.resolve_config(defaults, ablate.RECIPE, ablate.override_args(overrides))
+        assert {k: cfg[k] for k in overrides} == overrides, name
+    with pytest.raises(ablate.AblateError, match="cmix_mul"):
+        ablate.resolve_config(defaults, ablate.RECIPE, ablate.override_args({"cmix_mul": 3.0}))
