@@ -17,7 +17,8 @@ Extra `--key=value` arguments go to every run after the variant's own overrides 
 
 Outputs, in --out_dir: ablate_table.md (the markdown table), ablate_runs.json (every run's numbers and val
 curve) and ablate_val_curves.png (val loss against tokens and against training seconds, mean over seeds,
-shaded min-max); --assets DIR copies the three there (nothing else writes outside --out_dir).
+shaded min-max); --assets DIR copies the three there and writes the command and its table into DIR/README.md,
+the study page, between two marker lines (nothing else writes outside --out_dir).
 
 Numbers: "val CE" is the final evaluation's val cross-entropy (nats/token, the same 40 batches of held-out
 stories for every run of a seed); all rows of the recipe see the same number of tokens. "train s" is the time
@@ -28,12 +29,13 @@ seconds (a run that finished sooner counts with its final loss); mid-run points 
 min_lr, so this favours no one but is not the same as a run scheduled for S seconds. Timings depend on what
 else runs at the same time: compare them only within one sweep (same --parallel, same machine).
 
---include PATH takes finished runs from an earlier sweep's ablate_runs.json (a session whose out/ is gone):
-each one fills its variant x seed unless --out_dir holds that run finished, so it is neither run nor rerun.
-The variant must have the same overrides there and the same recipe; the table's note names the file, its
-extra overrides, and how many runs came from it (their timings come from that session's machine).
+--include PATH takes finished runs from a saved ablate_runs.json (e.g. one in assets/ whose run directories
+are gone): each one fills its variant x seed unless --out_dir holds that run finished, so it is neither run
+nor rerun. The variant must have the same overrides there, the same recipe and the same resolved config
+(keys that change no computation, NOT_COMPARED, aside); the table's note names the file, its extra
+overrides, and how many runs came from it.
 
---reference NAME=PATH adds a row made elsewhere (out/ref/run_ref.py writes them): a JSON object with "how"
+--reference NAME=PATH adds a row made elsewhere (tools/run_reference.py writes them): a JSON object with "how"
 (a string), "params" (and optionally "params_nonemb", "tokens") and "runs": a list of {"seed", "final_val",
 "tok_s"} with optional "final_train", "train_s", "wall_s" and "curve" ([[iter, tokens, train_s, eval_train,
 eval_val], ...]).
@@ -43,6 +45,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -82,6 +85,9 @@ VARIANTS = {
 }
 
 RECIPE = os.path.join(ROOT, "config", "ablate_recipe.py")
+PAGE = "README.md"  # the study page in --assets DIR: ablate.py owns the part between these two lines
+PAGE_BEGIN, PAGE_END = "<!-- ablate.py: begin (the command and its table, rewritten by ablate.py --assets) -->", \
+    "<!-- ablate.py: end -->"
 OUTPUTS = ("ablate_table.md", "ablate_runs.json", "ablate_val_curves.png")
 RUN_SPEC = "ablate_run.json"  # in each run directory: the arguments it was started with, and its timing
 
@@ -300,7 +306,7 @@ def load_reference(name, path):
 
 
 def load_included(path, recipe):
-    """{variant: (overrides, {seed: run}, resolved config or None)} of an earlier sweep's ablate_runs.json,
+    """{variant: (overrides, {seed: run}, resolved config or None)} of a saved ablate_runs.json,
     each run marked with it."""
     old = read_json(f"--include {path}", path)
     if not isinstance(old, dict) or not isinstance(old.get("rows"), list):
@@ -458,6 +464,21 @@ def same_settings(spec, spec_args, cfg):
         and not config_differences(spec["config"], cfg)
 
 
+def write_page_section(path, command, table):
+    """Put the command and its table into the study page at path, between PAGE_BEGIN and PAGE_END (the rest
+    of the page is the author's); a page without them gets the section at its end. Atomic."""
+    section = f"{PAGE_BEGIN}\n```bash\n{command}\n```\n\n{table}{PAGE_END}"
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    if PAGE_BEGIN in text and PAGE_END in text:
+        head, rest = text.split(PAGE_BEGIN, 1)
+        text = head + section + rest.split(PAGE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section + "\n"
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 class Sweep:
     """Runs the pending train.py processes, at most `parallel` at once, with a tqdm bar over steps."""
 
@@ -563,9 +584,9 @@ def parse_args(argv):
     p.add_argument("--wall_clock", type=float, default=None, metavar="S",
                    help="also report each variant's val loss interpolated at S training seconds")
     p.add_argument("--reference", action="append", default=[], metavar="NAME=PATH",
-                   help="add a row from a JSON made elsewhere (e.g. out/ref/run_ref.py); repeatable")
+                   help="add a row from a JSON made elsewhere (e.g. tools/run_reference.py); repeatable")
     p.add_argument("--include", action="append", default=[], metavar="PATH",
-                   help="take finished runs from an earlier sweep's ablate_runs.json; repeatable")
+                   help="take finished runs from a saved ablate_runs.json; repeatable")
     p.add_argument("--baseline", default=None, help="the row the Δ column compares with (default: the first variant)")
     p.add_argument("--assets", default=None, metavar="DIR", help="also copy the table, JSON and plot into DIR")
     p.add_argument("--report_only", action="store_true", help="run nothing: tabulate the finished runs")
@@ -736,10 +757,10 @@ def main(argv=None):
     for inc in included:
         n = sum(r["included_from"] == inc["path"] for r in from_earlier.values())
         if n:
-            earlier_notes.append(f"{n} run(s) from an earlier sweep, {inc['path']}"
+            earlier_notes.append(f"{n} run(s) read from {inc['path']} (--include)"
                                  + (f" (made with {' '.join(inc['extra']) or 'no extra overrides'})"
                                     if inc["extra"] != extra else "")
-                                 + ": their timings come from that session's machine. ")
+                                 + ": timings compare only between runs made side by side. ")
     note = (f"Recipe: {os.path.relpath(args.recipe, ROOT)}" + (f" + {' '.join(extra)}" if extra else "")
             + f"; seeds {', '.join(map(str, seeds))}. val CE: final evaluation, nats/token on held-out stories; "
             "std over seeds. train s: time in training steps (evaluation excluded); wall s: elapsed to the last step. "
@@ -769,7 +790,9 @@ def main(argv=None):
         os.makedirs(args.assets, exist_ok=True)
         for p in paths:
             shutil.copy(p, os.path.join(args.assets, os.path.basename(p)))
-        print(f"copied them into {args.assets}")
+        command = " ".join(["python ablate.py", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
+        write_page_section(os.path.join(args.assets, PAGE), command, table)
+        print(f"copied them into {args.assets}, and the command and table into {os.path.join(args.assets, PAGE)}")
     missing = [n for n in names if len(variants[n]["runs"]) < len(seeds)]
     if missing and not failed:
         print(f"note: unfinished runs in {', '.join(missing)}", file=sys.stderr)

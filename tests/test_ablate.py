@@ -91,7 +91,15 @@ def test_second_invocation_skips_everything(sweep):
     nano = [l for l in md.splitlines() if l.startswith("| nano ")][0]
     assert "9.6000 ± 0.1414" in nano and "1.23M" in nano and "made elsewhere" in nano
     assert "val @ 0.2 train s" in md
-    assert {p.name for p in assets.iterdir()} == set(ablate.OUTPUTS)
+    assert {p.name for p in assets.iterdir()} == {*ablate.OUTPUTS, ablate.PAGE}
+    # the study page: the author's text kept, ablate.py's section (the command and the table) replaced
+    page = assets / ablate.PAGE
+    assert page.read_text().startswith(ablate.PAGE_BEGIN) and f"```bash\npython ablate.py --variants" in page.read_text()
+    page.write_text("# My study\n\n" + page.read_text().replace("9.6000", "0.0000") + "\nMy notes.\n")
+    ablate.write_page_section(str(page), "python ablate.py --again", md)
+    text = page.read_text()
+    assert text.startswith("# My study\n\n" + ablate.PAGE_BEGIN) and text.endswith(ablate.PAGE_END + "\n\nMy notes.\n")
+    assert "--again" in text and "9.6000 ± 0.1414" in text and "0.0000" not in text and text.count(ablate.PAGE_BEGIN) == 1
 
 
 def test_a_changed_default_makes_a_run_stale(sweep, tmp_path):
@@ -123,7 +131,7 @@ def test_a_changed_default_makes_a_run_stale(sweep, tmp_path):
 
 
 def test_include_takes_runs_from_an_earlier_sweep(sweep, tmp_path):
-    """Runs saved in an earlier sweep's ablate_runs.json fill their slots: nothing is run again."""
+    """Runs saved in an ablate_runs.json fill their slots: nothing is run again."""
     _, out, args, _ = sweep
     earlier = json.loads((out / "ablate_runs.json").read_text())
     saved = tmp_path / "earlier.json"
@@ -138,7 +146,7 @@ def test_include_takes_runs_from_an_earlier_sweep(sweep, tmp_path):
     for row in (r for r in earlier["rows"] if "reference" not in r):  # a reference row is not a run of ours
         assert [r["final_val"] for r in rows[row["name"]]["runs"]] == [r["final_val"] for r in row["runs"]]
         assert all(r["included_from"] for r in rows[row["name"]]["runs"])
-    assert "4 run(s) from an earlier sweep" in (fresh / "ablate_table.md").read_text()
+    assert "4 run(s) read from" in (fresh / "ablate_table.md").read_text()
 
     earlier["rows"][0]["overrides"] = {"head_size": 8}  # the variant has changed since
     saved.write_text(json.dumps(earlier))

@@ -380,7 +380,11 @@ def test_bfloat16_weights(models_dir, name):
     steps = [list(map(int, m.generate_stream(prompt, 30, temperature=0))) for m in (model, half)]
     diverge = next((i for i, (a, b) in enumerate(zip(*steps)) if a != b), len(steps[0]))
     print(f"{name}: bf16 greedy equals float32's for the first {diverge} of 30 tokens; logits error {errors}")
-    assert diverge >= 1
+    if diverge < len(steps[0]):  # the same context up to here: bf16 may only pick what float32 nearly ties
+        with torch.no_grad():
+            logits = model(torch.cat([prompt, torch.tensor([steps[0][:diverge]], dtype=torch.long)], dim=1))[0][0, -1]
+        gap = (logits[steps[0][diverge]] - logits[steps[1][diverge]]).item()
+        assert 0 <= gap < 2 * 0.05 * logits.abs().max().item(), (diverge, gap)  # each logit off by < 5%
 
 
 def test_bfloat16_cli(out_dir, capsys):
