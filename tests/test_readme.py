@@ -31,7 +31,7 @@ README = (ROOT / "README.md").read_text()
 STUDIES = sorted(p.parent.name for p in (ROOT / "assets").glob("*/README.md"))
 PAGES = {"README.md": README, **{f"assets/{s}/README.md": (ROOT / "assets" / s / "README.md").read_text() for s in STUDIES}}
 # settings and facts of the set-up, not results: they may appear in prose
-CONSTANTS = {"0.02", "1e-3", "1e-4", "3.5", "±10%", "10%", "80%", "2.13", "3.11", "1.0"}
+CONSTANTS = {"0.02", "1e-3", "1e-4", "3.5", "±10%", "10%", "80%", "2.13", "3.11", "1.0", "120 s", "600 s", "2000 s"}
 
 
 def generated_blocks(text):
@@ -78,7 +78,8 @@ def test_results_prose_has_no_hand_written_figures(name):
     """Decimals and percentages in results prose and hand-made tables must come from a generated block."""
     text = without_generated(results_part(name, PAGES[name]))
     text = re.sub(r"`[^`]*`|\([^)]*\.(?:png|md|txt|json)\)", "", text)  # code spans and link targets
-    figures = set(re.findall(r"[±]?\d+(?:\.\d+)?%|\b\d+\.\d+\b|\d+e-\d+", text)) - CONSTANTS
+    figures = set(re.findall(r"[±]?\d+(?:\.\d+)?%|\b\d+\.\d+\b|\d+e-\d+|\b\d[\d,]* ?(?:MiB|GB/s|ms|s|tok/s|×)(?!\w)",
+                             text)) - CONSTANTS
     assert not figures, f"{name}: figures written by hand (generate them with tools/tables.py): {sorted(figures)}"
     hand_tables = [line for line in text.splitlines() if line.startswith("| ") and re.search(r"\d\.\d", line)]
     assert not hand_tables, f"{name}: a table of results written by hand: {hand_tables[0]}"
@@ -142,6 +143,13 @@ def test_linked_images_and_files_exist(name):
     missing += [p for p in sorted(named) if not (ROOT / p).exists()]
     missing += [p for p in sorted(local) if "<" not in p and not (base / p).exists() and not (ROOT / p).exists()]
     assert not missing, f"{name} names files that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_commands_run_scripts_that_exist(name):
+    scripts = {s for line in page_commands(PAGES[name]) for s in re.findall(r"(?:python3?|bash) (\S+\.(?:py|sh))", line)}
+    missing = sorted(s for s in scripts if not (ROOT / s).is_file())
+    assert not missing, f"{name} runs scripts that are not in the repository: {missing}"
 
 
 def readme_commands():
