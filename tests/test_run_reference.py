@@ -122,10 +122,15 @@ def test_the_evaluation_is_cross_entropy(data_dir, tmp_path):
     (["--repo", "{tmp}", "--n_layr=2"], "n_layr"),
     (["--repo", "{tmp}", "--data_dir=/no/such/data"], "no prepared dataset"),
 ])
-def test_bad_input_is_one_line(tmp_path, args, message):
+def test_bad_input(tmp_path, args, message):
     fake_checkout(tmp_path / "repo", "1.0")
     args = [a.replace("{tmp}", str(tmp_path / "repo")) for a in args]
-    res = subprocess.run([sys.executable, "tools/run_reference.py", "--impl", "nanogpt", "--out",
-                          str(tmp_path / "o.json"), *args], cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode != 0 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    with pytest.raises(run_reference.ReferenceError, match=message):
+        run_reference.main(["--impl", "nanogpt", "--out", str(tmp_path / "o.json"), *args])
     assert not (tmp_path / "o.json").exists()
+
+
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path):
+    res = subprocess.run([sys.executable, "tools/run_reference.py", "--impl", "nanogpt", "--repo", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1

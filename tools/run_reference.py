@@ -163,7 +163,6 @@ def parse_args(argv):
 
 def main(argv=None):
     args, extra = parse_args(sys.argv[1:] if argv is None else argv)
-    import ablate
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -171,13 +170,14 @@ def main(argv=None):
     for a in extra:
         if not a.startswith("--") or "=" not in a:
             raise ReferenceError(f"unexpected argument {a!r}: extra arguments are recipe --key=value overrides")
+    module = load_model_module(args.impl, args.repo)
+    import ablate
     try:
         cfg = ablate.resolve_config(ablate.train_defaults(), ablate.RECIPE, extra)
     except ablate.AblateError as e:
         raise ReferenceError(str(e)) from None
     if cfg["dtype"] != "float32" or cfg["gradient_accumulation_steps"] != 1:
         raise ReferenceError("the reference runs are float32 with one micro-step per step, as the recipe")
-    module = load_model_module(args.impl, args.repo)
     import torch
     if "cuda" in args.device:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
