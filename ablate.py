@@ -17,7 +17,8 @@ Extra `--key=value` arguments go to every run after the variant's own overrides 
 
 Outputs, in --out_dir: ablate_table.md (the markdown table), ablate_runs.json (every run's numbers and val
 curve) and ablate_val_curves.png (val loss against tokens and against training seconds, mean over seeds,
-shaded min-max); --assets DIR copies the three there (nothing else writes outside --out_dir).
+shaded min-max); --assets DIR copies the three there and writes the command and its table into DIR/README.md,
+the study page, between two marker lines (nothing else writes outside --out_dir).
 
 Numbers: "val CE" is the final evaluation's val cross-entropy (nats/token, the same 40 batches of held-out
 stories for every run of a seed); all rows of the recipe see the same number of tokens. "train s" is the time
@@ -28,12 +29,13 @@ seconds (a run that finished sooner counts with its final loss); mid-run points 
 min_lr, so this favours no one but is not the same as a run scheduled for S seconds. Timings depend on what
 else runs at the same time: compare them only within one sweep (same --parallel, same machine).
 
---include PATH takes finished runs from an earlier sweep's ablate_runs.json (a session whose out/ is gone):
-each one fills its variant x seed unless --out_dir holds that run finished, so it is neither run nor rerun.
-The variant must have the same overrides there and the same recipe; the table's note names the file, its
-extra overrides, and how many runs came from it (their timings come from that session's machine).
+--include PATH takes finished runs from a saved ablate_runs.json (e.g. one in assets/ whose run directories
+are gone): each one fills its variant x seed unless --out_dir holds that run finished, so it is neither run
+nor rerun. The variant must have the same overrides there, the same recipe and the same resolved config
+(keys that change no computation, NOT_COMPARED, aside); the table's note names the file, its extra
+overrides, and how many runs came from it.
 
---reference NAME=PATH adds a row made elsewhere (out/ref/run_ref.py writes them): a JSON object with "how"
+--reference NAME=PATH adds a row made elsewhere (tools/run_reference.py writes them): a JSON object with "how"
 (a string), "params" (and optionally "params_nonemb", "tokens") and "runs": a list of {"seed", "final_val",
 "tok_s"} with optional "final_train", "train_s", "wall_s" and "curve" ([[iter, tokens, train_s, eval_train,
 eval_val], ...]).
@@ -43,6 +45,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -82,6 +85,9 @@ VARIANTS = {
 }
 
 RECIPE = os.path.join(ROOT, "config", "ablate_recipe.py")
+PAGE = "README.md"  # the study page in --assets DIR: ablate.py owns the part between these two lines
+PAGE_BEGIN, PAGE_END = "<!-- ablate.py: begin (the command and its table, rewritten by ablate.py --assets) -->", \
+    "<!-- ablate.py: end -->"
 OUTPUTS = ("ablate_table.md", "ablate_runs.json", "ablate_val_curves.png")
 RUN_SPEC = "ablate_run.json"  # in each run directory: the arguments it was started with, and its timing
 
@@ -300,7 +306,8 @@ def load_reference(name, path):
 
 
 def load_included(path, recipe):
-    """{variant: (overrides, {seed: run})} of an earlier sweep's ablate_runs.json, each run marked with it."""
+    """{variant: (overrides, {seed: run}, resolved config or None)} of a saved ablate_runs.json,
+    each run marked with it."""
     old = read_json(f"--include {path}", path)
     if not isinstance(old, dict) or not isinstance(old.get("rows"), list):
         raise AblateError(f"--include {path}: expected an ablate_runs.json (a JSON object with 'rows')")
@@ -310,7 +317,7 @@ def load_included(path, recipe):
     for row in old["rows"]:
         if isinstance(row, dict) and "reference" not in row and isinstance(row.get("runs"), list):
             runs = {r["seed"]: {**r, "included_from": os.path.relpath(path, ROOT)} for r in row["runs"]}
-            found[row["name"]] = (row.get("overrides"), runs)
+            found[row["name"]] = (row.get("overrides"), runs, row.get("config"))
     return {"path": os.path.relpath(path, ROOT), "extra": old.get("extra_overrides", []), "rows": found}
 
 
@@ -434,11 +441,42 @@ def cpu_cores():
         return os.cpu_count() or 1
 
 
+# train.py keys that change nothing a run computes (logging, checkpoints, threads): evaluation draws its own
+# batches, so runs that differ only in these train step for step alike
+NOT_COMPARED = ("out_dir", "eval_interval", "log_interval", "always_save_checkpoint", "ckpt_interval", "resume_ckpt",
+                "dry_run", "wandb_log", "wandb_project", "wandb_run_name", "wandb_mode", "num_threads",
+                "peak_flops_per_s", "backend")
+
+
+def config_differences(old, cfg):
+    """The keys, outside NOT_COMPARED, whose values differ between a saved resolved config and this one; a key
+    only one of them has differs too (a key added since may have changed what the default computes)."""
+    missing = object()
+    return sorted(k for k in set(old) | set(cfg)
+                  if k not in NOT_COMPARED and old.get(k, missing) != cfg.get(k, missing))
+
+
 def same_settings(spec, spec_args, cfg):
     """Whether a finished run's spec matches this sweep's run: the same arguments, and the same resolved
-    config (so a changed default in model.py or train.py reruns it too; keys added since count as equal)."""
-    old = spec.get("config", {})
-    return spec.get("args") == spec_args and all(old[k] == v for k, v in cfg.items() if k in old)
+    config (so a changed default in model.py or train.py reruns it too). A spec without a config cannot show
+    that: it does not match."""
+    return isinstance(spec.get("config"), dict) and spec.get("args") == spec_args \
+        and not config_differences(spec["config"], cfg)
+
+
+def write_page_section(path, command, table):
+    """Put the command and its table into the study page at path, between PAGE_BEGIN and PAGE_END (the rest
+    of the page is the author's); a page without them gets the section at its end. Atomic."""
+    section = f"{PAGE_BEGIN}\n```bash\n{command}\n```\n\n{table}{PAGE_END}"
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    if PAGE_BEGIN in text and PAGE_END in text:
+        head, rest = text.split(PAGE_BEGIN, 1)
+        text = head + section + rest.split(PAGE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section + "\n"
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 class Sweep:
@@ -546,9 +584,9 @@ def parse_args(argv):
     p.add_argument("--wall_clock", type=float, default=None, metavar="S",
                    help="also report each variant's val loss interpolated at S training seconds")
     p.add_argument("--reference", action="append", default=[], metavar="NAME=PATH",
-                   help="add a row from a JSON made elsewhere (e.g. out/ref/run_ref.py); repeatable")
+                   help="add a row from a JSON made elsewhere (e.g. tools/run_reference.py); repeatable")
     p.add_argument("--include", action="append", default=[], metavar="PATH",
-                   help="take finished runs from an earlier sweep's ablate_runs.json; repeatable")
+                   help="take finished runs from a saved ablate_runs.json; repeatable")
     p.add_argument("--baseline", default=None, help="the row the Δ column compares with (default: the first variant)")
     p.add_argument("--assets", default=None, metavar="DIR", help="also copy the table, JSON and plot into DIR")
     p.add_argument("--report_only", action="store_true", help="run nothing: tabulate the finished runs")
@@ -621,13 +659,23 @@ def main(argv=None):
             what = f"the recipe file unchanged ({os.path.relpath(args.recipe, ROOT)})"
         variants[name] = {"how": " ".join(override_args(VARIANTS[name])) or "(the recipe)", "what": what,
                           "overrides": VARIANTS[name], "params": params, "params_nonemb": params_nonemb,
-                          "tokens": cfg["max_iters"] * cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"],
+                          "config": cfg, "tokens": cfg["max_iters"] * cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"],
                           "max_iters": cfg["max_iters"], "dataset": os.path.basename(os.path.normpath(cfg["data_dir"]))
                           if cfg.get("data_dir") else cfg["dataset"], "runs": []}
         for inc in included:
-            if name in inc["rows"] and inc["rows"][name][0] != VARIANTS[name]:
+            if name not in inc["rows"]:
+                continue
+            old_overrides, _, old_cfg = inc["rows"][name]
+            if old_overrides != VARIANTS[name]:
                 raise AblateError(f"--include {inc['path']}: its {name} was made with other overrides "
-                                  f"({' '.join(override_args(inc['rows'][name][0] or {})) or 'none'})")
+                                  f"({' '.join(override_args(old_overrides or {})) or 'none'})")
+            if not isinstance(old_cfg, dict):
+                raise AblateError(f"--include {inc['path']}: its {name} has no saved config, so nothing shows it was "
+                                  "made with this one; run it here")
+            diff = config_differences(old_cfg, cfg)
+            if diff:
+                raise AblateError(f"--include {inc['path']}: its {name} was made with another config: "
+                                  + ", ".join(f"{k}={old_cfg.get(k)!r} there, {cfg.get(k)!r} here" for k in diff[:3]))
         for seed in seeds:
             run_dir = os.path.join(out_dir, name, f"seed{seed}")
             spec_args = [os.path.relpath(args.recipe, ROOT), *run_args, f"--device={args.device}", f"--seed={seed}"]
@@ -641,8 +689,8 @@ def main(argv=None):
                     old_spec = json.load(f)
             except (OSError, json.JSONDecodeError):
                 pass
-            same = old_spec is None or same_settings(old_spec, spec_args, cfg)
-            if is_complete(run_dir, cfg["max_iters"]) and same:
+            complete = is_complete(run_dir, cfg["max_iters"])
+            if complete and old_spec is not None and same_settings(old_spec, spec_args, cfg):
                 skipped += 1
                 continue
             earlier = [inc["rows"][name][1][seed] for inc in included
@@ -650,7 +698,7 @@ def main(argv=None):
             if earlier:
                 from_earlier[(name, seed)] = earlier[0]
                 continue
-            if not same:
+            if complete or old_spec is not None:  # finished with other settings, or with none recorded
                 reruns += 1
                 stale.add(run_dir)
             jobs.append({"variant": name, "seed": seed, "run_dir": run_dir, "cmd": cmd, "spec_args": spec_args, "config": cfg,
@@ -709,10 +757,10 @@ def main(argv=None):
     for inc in included:
         n = sum(r["included_from"] == inc["path"] for r in from_earlier.values())
         if n:
-            earlier_notes.append(f"{n} run(s) from an earlier sweep, {inc['path']}"
+            earlier_notes.append(f"{n} run(s) read from {inc['path']} (--include)"
                                  + (f" (made with {' '.join(inc['extra']) or 'no extra overrides'})"
                                     if inc["extra"] != extra else "")
-                                 + ": their timings come from that session's machine. ")
+                                 + ": timings compare only between runs made side by side. ")
     note = (f"Recipe: {os.path.relpath(args.recipe, ROOT)}" + (f" + {' '.join(extra)}" if extra else "")
             + f"; seeds {', '.join(map(str, seeds))}. val CE: final evaluation, nats/token on held-out stories; "
             "std over seeds. train s: time in training steps (evaluation excluded); wall s: elapsed to the last step. "
@@ -742,7 +790,9 @@ def main(argv=None):
         os.makedirs(args.assets, exist_ok=True)
         for p in paths:
             shutil.copy(p, os.path.join(args.assets, os.path.basename(p)))
-        print(f"copied them into {args.assets}")
+        command = " ".join(["python ablate.py", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
+        write_page_section(os.path.join(args.assets, PAGE), command, table)
+        print(f"copied them into {args.assets}, and the command and table into {os.path.join(args.assets, PAGE)}")
     missing = [n for n in names if len(variants[n]["runs"]) < len(seeds)]
     if missing and not failed:
         print(f"note: unfinished runs in {', '.join(missing)}", file=sys.stderr)

@@ -19,6 +19,12 @@ import torch
 from model import GPTConfig, build_model
 
 
+# GPTConfig fields that only choose the initial weights, each with the value it had when it was added: a checkpoint
+# saved before a field existed was initialised that way, so it is rebuilt (and a resumed run records it) with that
+# value, not with today's default ('rwkv' and 0.02 since).
+INIT_ONLY_FIELDS = {"init_scheme": "gpt2", "ln_emb_init": 1.0}
+
+
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or not for this model.py (the message is one line)."""
 
@@ -68,7 +74,7 @@ def load_checkpoint(path, device="cpu", mmap=False):
 def model_from_checkpoint(ckpt, path="checkpoint", **overrides):
     """The model that a checkpoint describes, with its weights (overrides: GPTConfig fields, e.g. dropout)."""
     try:
-        model = build_model(GPTConfig(**{**ckpt["model_args"], **overrides}))
+        model = build_model(GPTConfig(**{**INIT_ONLY_FIELDS, **ckpt["model_args"], **overrides}))
         # checkpoints of a torch.compile'd model, written by other tools, prefix every key
         model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
     except (TypeError, ValueError, RuntimeError) as e:

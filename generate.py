@@ -58,8 +58,8 @@ from dataclasses import asdict, fields
 
 import torch
 
-from checkpoint import CheckpointError, cast_weights, checkpoint_path, load_checkpoint, model_from_checkpoint, \
-    one_line
+from checkpoint import INIT_ONLY_FIELDS, CheckpointError, cast_weights, checkpoint_path, load_checkpoint, \
+    model_from_checkpoint, one_line
 from model import GPTConfig, KVCache, LayerState, TimeMixState, sample
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -283,13 +283,28 @@ def read_state(path):
     return saved
 
 
+def check_positions(state, n_tokens):
+    """ValueError unless every layer has seen the same 1..n_tokens tokens (GPT: its window of them), its caches
+    agree with it, and each growing cache (GPT's, GQA's) holds one key per token seen."""
+    pos = state[0].pos
+    for i, layer in enumerate(state):
+        if not 1 <= layer.pos <= n_tokens or layer.pos != pos:
+            raise ValueError(f"state[{i}].pos is {layer.pos}, not the {pos} of layer 0 within 1..{n_tokens} prompt tokens")
+        caches = [layer] if isinstance(layer, KVCache) else [c for c in (layer.swa, layer.gqa) if c is not None]
+        growing = [layer] if isinstance(layer, KVCache) else [c for c in (layer.gqa,) if c is not None]
+        if any(c.pos != pos for c in caches):
+            raise ValueError(f"state[{i}] has a cache whose pos is not its layer's {pos}")
+        if any(c.k.shape[2] != c.pos for c in growing):
+            raise ValueError(f"state[{i}] has a cache whose number of keys is not its pos {pos}")
+
+
 def resume(saved, path, model, weights, device):
     """(prompt text, prompt ids, (logits, state)) from a read_state() dict, for this model only; die() else."""
     here, there = asdict(model.config), saved.get("model_args")
     if not isinstance(there, dict):
         die(f"{path} is not a generate.py state file (no model_args)")
     names = [f.name for f in fields(GPTConfig)] + sorted(set(here) | set(there) - {f.name for f in fields(GPTConfig)})
-    for name in names:
+    for name in (n for n in names if n not in INIT_ONLY_FIELDS and n != "dropout"):  # those change no logits
         if here.get(name) != there.get(name):
             die(f"{path} was saved from another model: {name}={there.get(name)!r} there, {here.get(name)!r} in "
                 f"this checkpoint")
@@ -305,8 +320,11 @@ def resume(saved, path, model, weights, device):
             raise ValueError("bad prompt entries")
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, model.config.vocab_size):
             raise ValueError(f"logits are not (1, {model.config.vocab_size})")
+        if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < model.config.vocab_size:
+            raise ValueError(f"prompt_tokens has token ids outside [0, {model.config.vocab_size})")
         ref = prefill(model, torch.zeros(1, 1, dtype=torch.long, device=device))[1]  # a state of this model
         state = unplain(saved["state"], ref, device)
+        check_positions(state, len(ids))
     except (KeyError, TypeError, ValueError) as e:
         die(f"{path} is not a usable state file ({one_line(e)})")
     return prompt, ids.tolist(), (logits.to(device), state)

@@ -1010,7 +1010,8 @@ class LMHead(nn.Linear):
         if x.device.type != "cpu" or rows.shape[0] > 16:
             return super().forward(x)
         if rows.shape[0] == 1:
-            return torch.mv(self.weight, rows[0]).reshape(*x.shape[:-1], self.out_features)
+            # W @ x is torch.mv for a vector x, and under autocast it returns the autocast dtype as every path does
+            return (self.weight @ rows[0]).reshape(*x.shape[:-1], self.out_features)
         return (self.weight @ rows.T).T.reshape(*x.shape[:-1], self.out_features)
 
 

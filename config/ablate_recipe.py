@@ -15,7 +15,8 @@
 # One run:        python train.py config/ablate_recipe.py --device=cpu --seed=1337 --out_dir=out/ablate/rwkv/seed1337
 # The sweep:      python ablate.py --variants rwkv,gpt,rwkv-head32 --seeds 1337,1338,1339 --device cpu --parallel 2
 #                 (ablate.py lists the variants: python ablate.py --list)
-# BlinkDL's nanoRWKV / Karpathy's nanoGPT on the same recipe: out/ref/run_ref.py (not part of the repository)
+# BlinkDL's nanoRWKV / Karpathy's nanoGPT on the same recipe, with their own model.py from a checkout:
+#                 python tools/run_reference.py --impl nanorwkv --repo PATH_TO_NANORWKV --seeds 1337,1338,1339
 #
 # The device is left to train.py (cuda when available); dtype is pinned to float32 on every device.
 # Checkpoints: only the final one (ckpt_interval = 0); ablate.py deletes them after a run unless --keep_ckpt.
@@ -39,7 +40,7 @@ block_size = 256
 vocab_size = 50304
 bias = False
 dropout = 0.0
-init_scheme = 'gpt2'  # the baseline every row was run against; model.py's default is 'rwkv' since rwkv-init-rwkv's rows
+init_scheme = 'gpt2'  # the recipe's baseline init; model.py's default is 'rwkv' (variant rwkv-init-rwkv)
 # only used when the full MicroRWKV layer is switched on (use_swa / use_gqa / use_moe)
 window_size = 128  # SWA over half the context
 n_kv_head = 2  # GQA: 2 query heads per key/value head

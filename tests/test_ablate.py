@@ -91,7 +91,15 @@ def test_second_invocation_skips_everything(sweep):
     nano = [l for l in md.splitlines() if l.startswith("| nano ")][0]
     assert "9.6000 ± 0.1414" in nano and "1.23M" in nano and "made elsewhere" in nano
     assert "val @ 0.2 train s" in md
-    assert {p.name for p in assets.iterdir()} == set(ablate.OUTPUTS)
+    assert {p.name for p in assets.iterdir()} == {*ablate.OUTPUTS, ablate.PAGE}
+    # the study page: the author's text kept, ablate.py's section (the command and the table) replaced
+    page = assets / ablate.PAGE
+    assert page.read_text().startswith(ablate.PAGE_BEGIN) and f"```bash\npython ablate.py --variants" in page.read_text()
+    page.write_text("# My study\n\n" + page.read_text().replace("9.6000", "0.0000") + "\nMy notes.\n")
+    ablate.write_page_section(str(page), "python ablate.py --again", md)
+    text = page.read_text()
+    assert text.startswith("# My study\n\n" + ablate.PAGE_BEGIN) and text.endswith(ablate.PAGE_END + "\n\nMy notes.\n")
+    assert "--again" in text and "9.6000 ± 0.1414" in text and "0.0000" not in text and text.count(ablate.PAGE_BEGIN) == 1
 
 
 def test_a_changed_default_makes_a_run_stale(sweep, tmp_path):
@@ -105,14 +113,23 @@ def test_a_changed_default_makes_a_run_stale(sweep, tmp_path):
     assert spec["config"]["ln_emb_init"] == 0.02  # the resolved config is saved, defaults included
     spec["config"]["ln_emb_init"] = 1.0  # as if the run predates today's default
     spec_path.write_text(json.dumps(spec))
+    (copy / "gpt" / "seed12" / "ablate_run.json").unlink()  # finished, but nothing says with which settings
     args = [copy if a == out else a for a in args]
     again = run_ablate(*args, "--report_only")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "3 complete, 1 not (1 made with other settings: left out)" in again.stdout
+    assert "2 complete, 2 not (2 made with other settings: left out)" in again.stdout
+    # a spec that cannot show it is current does not match: no config (made before configs were saved), or a
+    # config without a key added since (its default may have changed what the run computes)
+    fresh = json.loads((out / "rwkv" / "seed11" / "ablate_run.json").read_text())
+    assert ablate.same_settings(fresh, fresh["args"], fresh["config"])
+    assert not ablate.same_settings({k: v for k, v in fresh.items() if k != "config"}, fresh["args"], fresh["config"])
+    older = {k: v for k, v in fresh["config"].items() if k != "ln_emb_init"}
+    assert not ablate.same_settings({**fresh, "config": older}, fresh["args"], fresh["config"])
+    assert ablate.same_settings(fresh, fresh["args"], {**fresh["config"], "eval_interval": 7})  # changes no run
 
 
 def test_include_takes_runs_from_an_earlier_sweep(sweep, tmp_path):
-    """Runs saved in an earlier sweep's ablate_runs.json fill their slots: nothing is run again."""
+    """Runs saved in an ablate_runs.json fill their slots: nothing is run again."""
     _, out, args, _ = sweep
     earlier = json.loads((out / "ablate_runs.json").read_text())
     saved = tmp_path / "earlier.json"
@@ -127,12 +144,21 @@ def test_include_takes_runs_from_an_earlier_sweep(sweep, tmp_path):
     for row in (r for r in earlier["rows"] if "reference" not in r):  # a reference row is not a run of ours
         assert [r["final_val"] for r in rows[row["name"]]["runs"]] == [r["final_val"] for r in row["runs"]]
         assert all(r["included_from"] for r in rows[row["name"]]["runs"])
-    assert "4 run(s) from an earlier sweep" in (fresh / "ablate_table.md").read_text()
+    assert "4 run(s) read from" in (fresh / "ablate_table.md").read_text()
 
     earlier["rows"][0]["overrides"] = {"head_size": 8}  # the variant has changed since
     saved.write_text(json.dumps(earlier))
     res = run_ablate(*args, "--include", saved)
     assert res.returncode != 0 and "made with other overrides (--head_size=8)" in res.stderr.strip().splitlines()[-1]
+    earlier["rows"][0]["overrides"] = {}
+    earlier["rows"][0]["config"]["learning_rate"] = 0.5  # a default changed since
+    saved.write_text(json.dumps(earlier))
+    with pytest.raises(ablate.AblateError, match="made with another config: learning_rate=0.5 there"):
+        ablate.main([*map(str, args), "--include", str(saved)])
+    del earlier["rows"][0]["config"]  # saved by an older ablate.py
+    saved.write_text(json.dumps(earlier))
+    with pytest.raises(ablate.AblateError, match="has no saved config"):
+        ablate.main([*map(str, args), "--include", str(saved)])
     earlier["recipe"] = "config/other.py"
     saved.write_text(json.dumps(earlier))
     res = run_ablate(*args, "--include", saved)
@@ -188,8 +214,13 @@ def test_training_seconds_leave_out_evaluations():
 
 
 def test_variants_are_train_overrides():
-    """Every variant's keys are GPTConfig or train.py keys (or the ones the issue adds), with a comment."""
+    """Every variant has a comment, and its overrides resolve on the recipe as train.py's configurator reads
+    them (known keys, values of the default's type) to exactly those values; a misspelled key is refused."""
     docs = ablate.variant_docs()
+    defaults = ablate.train_defaults()
     for name, overrides in ablate.VARIANTS.items():
         assert docs.get(name), f"{name} has no one-line comment"
-        assert all(re.fullmatch(r"[a-z_0-9]+", k) for k in overrides)
+        cfg = ablate.resolve_config(defaults, ablate.RECIPE, ablate.override_args(overrides))
+        assert {k: cfg[k] for k in overrides} == overrides, name
+    with pytest.raises(ablate.AblateError, match="cmix_mul"):
+        ablate.resolve_config(defaults, ablate.RECIPE, ablate.override_args({"cmix_mul": 3.0}))

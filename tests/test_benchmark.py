@@ -201,7 +201,7 @@ def test_ckpt_architecture_and_time_budget(tmp_path):
 
 
 def test_hf_model_from_local_config(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a requirement: missing, it is a failure, not a skip
     hf_dir = tmp_path / "tiny-gpt2"
     # n_positions below the run's length: the benchmark raises it (random weights anyway)
     transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=32).save_pretrained(hf_dir)

@@ -380,7 +380,11 @@ def test_bfloat16_weights(models_dir, name):
     steps = [list(map(int, m.generate_stream(prompt, 30, temperature=0))) for m in (model, half)]
     diverge = next((i for i, (a, b) in enumerate(zip(*steps)) if a != b), len(steps[0]))
     print(f"{name}: bf16 greedy equals float32's for the first {diverge} of 30 tokens; logits error {errors}")
-    assert diverge >= 1
+    if diverge < len(steps[0]):  # the same context up to here: bf16 may only pick what float32 nearly ties
+        with torch.no_grad():
+            logits = model(torch.cat([prompt, torch.tensor([steps[0][:diverge]], dtype=torch.long)], dim=1))[0][0, -1]
+        gap = (logits[steps[0][diverge]] - logits[steps[1][diverge]]).item()
+        assert 0 <= gap < 2 * 0.05 * logits.abs().max().item(), (diverge, gap)  # each logit off by < 5%
 
 
 def test_bfloat16_cli(out_dir, capsys):
@@ -559,3 +563,47 @@ def test_bad_state_files(models_dir, capsys, tmp_path):
     assert "cannot read --load_state" in fails(capsys, models_dir, f"--load_state={tmp_path / 'missing'}")
     assert "cannot write --save_state" in fails(capsys, models_dir, f"--save_state={tmp_path / 'no' / 'dir'}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "dict", "garbage", "s.state"]  # no temp files
+
+
+@pytest.mark.parametrize("name", ["ckpt", "gpt"])
+def test_state_files_with_impossible_tokens_or_positions(models_dir, capsys, tmp_path, name):
+    """Token ids outside the vocabulary and positions that disagree with the caches are one line, not a traceback."""
+    state = tmp_path / "s.state"
+    run(capsys, models_dir, f"--model_name={name}", "--prompt=One day, a girl", "--max_num_tokens=2",
+        f"--save_state={state}")
+
+    def gpt_pos(d, p):
+        d["state"][0]["fields"]["pos"] = p
+
+    def rwkv_pos(d, p):
+        d["state"][0]["fields"]["pos"] = p
+        for cache in ("swa", "gqa"):
+            d["state"][0]["fields"][cache]["fields"]["pos"] = p
+
+    set_pos = gpt_pos if name == "gpt" else rwkv_pos
+    for broken, needle in ((lambda d: d["prompt_tokens"].__setitem__(0, -3), "token ids outside [0, "),
+                           (lambda d: d["prompt_tokens"].__setitem__(0, 10 ** 6), "token ids outside [0, "),
+                           (lambda d: set_pos(d, 40), "pos"),
+                           (lambda d: set_pos(d, -1), "pos"),
+                           (lambda d: d["state"][-1]["fields"].__setitem__("pos", 4), "pos")):
+        data = torch.load(state, weights_only=True)
+        broken(data)
+        torch.save(data, tmp_path / "broken")
+        err = fails(capsys, models_dir, f"--model_name={name}", f"--load_state={tmp_path / 'broken'}",
+                    "--max_num_tokens=3")
+        assert err.startswith(f"error: {tmp_path / 'broken'} is not a usable state file (") and needle in err, err
+
+
+def test_state_file_check_ignores_fields_that_change_no_logits(models_dir, capsys, tmp_path):
+    """A state loads into the checkpoint it came from whatever its init-only fields and dropout say (a checkpoint
+    from before init_scheme existed is rebuilt with 'gpt2'); a field that changes the logits is refused."""
+    state = tmp_path / "s.state"
+    args = ["--temperature=0", "--max_num_tokens=5"]
+    expected = run(capsys, models_dir, "--prompt=One day", *args, f"--save_state={state}")[0]
+    data = torch.load(state, weights_only=True)
+    data["model_args"].update(init_scheme="gpt2", ln_emb_init=1.0, dropout=0.1)
+    torch.save(data, tmp_path / "old.state")
+    assert run(capsys, models_dir, *args, f"--load_state={tmp_path / 'old.state'}")[0] == expected
+    data["model_args"]["chunk_len"] = 4
+    torch.save(data, tmp_path / "other.state")
+    assert "chunk_len=4 there, 8 in this checkpoint" in fails(capsys, models_dir, f"--load_state={tmp_path / 'other.state'}")

@@ -12,7 +12,8 @@ from data import load_tokens
 
 @pytest.fixture(scope="module")
 def transformers():
-    return pytest.importorskip("transformers")
+    import transformers  # a requirement (requirements.txt): missing, it is a failure, not a skip
+    return transformers
 
 
 DOCS = [f"Document {i}: the web page says {'hello ' * (i % 7)}world, and <|endoftext|> in a page is text."
