@@ -246,6 +246,16 @@ def model_size():
 
 
 # ----------------------------------------------------------------------------------------------------
+# benchmark_recall.py
+
+
+def recall():
+    """The MQAR table benchmark_recall.py printed, recomputed from the runs saved beside the page."""
+    import benchmark_recall
+    return benchmark_recall.format_table(benchmark_recall.summarize(load("assets/recall/recall_runs.json")["runs"]))
+
+
+# ----------------------------------------------------------------------------------------------------
 
 
 def pages():
