@@ -215,11 +215,12 @@ class TimeMix(nn.Module):
         H, N = self.n_head, self.head_size
         x_prev, S = (None, None) if state is None else state
         r, k, v, g = self._projections(x, x_prev)
-        r, k, v = (t.float().contiguous() for t in (r, k, v))  # decays and state stay in float32 under autocast
-        S = x.new_zeros(B, H, N, N, dtype=torch.float32) if S is None else S
-        log_w = -torch.exp(self.time_decay.float())  # (H,), log of the per-head decay
+        dt = torch.promote_types(x.dtype, torch.float32)  # decays and state: float32 under autocast, float64 for float64 x
+        r, k, v = (t.to(dt).contiguous() for t in (r, k, v))
+        S = x.new_zeros(B, H, N, N, dtype=dt) if S is None else S.to(dt)
+        log_w = -torch.exp(self.time_decay.to(dt))  # (H,), log of the per-head decay
         with torch.autocast(x.device.type, enabled=False):
-            y, S = self._chunked(r, k, v, S, log_w, self.time_faaaa.float(), self.chunk_length(T))
+            y, S = self._chunked(r, k, v, S, log_w, self.time_faaaa.to(dt), self.chunk_length(T))
         return self._output(y, g), TimeMixState(last_token(x), S), v_first
 
     def chunk_length(self, T):
@@ -236,15 +237,17 @@ class TimeMix(nn.Module):
         u (H, N); L: chunk length. Returns y (B, H, T, N) and the state after the last token.
 
         Every chunk is computed at once, in one batch: the last one is padded with zero tokens, which read
-        nothing and write nothing, and the decays (which depend only on positions inside a chunk) are built
-        once for all chunks. Only the state entering each chunk is a (short) scan over chunks."""
+        nothing and write nothing, and the decays (which depend only on positions) are built once. With a
+        scalar decay the state after p tokens is w^p S_0 + sum_j w^(p - e_j) dS_j over the chunks j that end
+        (e_j tokens in) by then, where dS_j = sum_{s in j} w^(e_j - 1 - s) k_s^T v_s is what chunk j writes:
+        the states entering all chunks are one (n + 1) x n lower-triangular matrix of decay powers times the
+        stacked dS_j, with no loop over chunks."""
         B, H, T, N = r.shape
         n = -(-T // L)  # chunks
-        last = T - (n - 1) * L  # tokens in the last chunk, 1..L
         if n * L > T:
             r, k, v = (F.pad(t, (0, 0, 0, n * L - T)) for t in (r, k, v))
         r, k, v = (t.reshape(B, H, n, L, N) for t in (r, k, v))
-        t = torch.arange(L, device=r.device, dtype=torch.float32)
+        t = torch.arange(L, device=r.device, dtype=r.dtype)
         lw = log_w.view(-1, 1, 1)  # (H, 1, 1)
 
         # intra-chunk: y_t += sum_{s<t} w^(t-1-s) (r_t . k_s) v_s  +  (r_t . (u * k_t)) v_t
@@ -253,22 +256,19 @@ class TimeMix(nn.Module):
         y = ((r @ k.transpose(-1, -2)) * decay.unsqueeze(1)) @ v
         y = y + (r * u.view(1, -1, 1, 1, N) * k).sum(-1, keepdim=True) * v
 
-        # what each chunk adds to the state at its end, sum_s w^(end-s) k_s^T v_s, where the end is token
-        # L-1 of a full chunk and token last-1 of the last one (its padded keys are zero: clamp, not mask)
-        end = torch.full((n, 1), L - 1.0, device=r.device)
-        end[-1] = last - 1
-        to_end = torch.exp(lw * (end - t).clamp(min=0))  # (H, n, L)
+        # dS_j, with e_j = min((j + 1) L, T): the padded keys of the last chunk are zero (clamp, not mask)
+        ends = torch.arange(1, n + 1, device=r.device, dtype=r.dtype).mul(L).clamp(max=T)  # e_j (n,)
+        starts = torch.arange(n, device=r.device, dtype=r.dtype) * L
+        to_end = torch.exp(lw * (ends.view(n, 1) - 1 - starts.view(n, 1) - t).clamp(min=0))  # (H, n, L)
         dS = (k * to_end.unsqueeze(-1)).transpose(-1, -2) @ v  # (B, H, n, N, N)
-        w_L = torch.exp(lw * L).unsqueeze(0)  # (1, H, 1, 1): decay across a whole chunk
-        w_last = torch.exp(lw * last).unsqueeze(0)  # and across the last chunk's real tokens
-        states = []  # the state entering each chunk; a short sequential scan over chunks
-        for c, dS_c in enumerate(dS.unbind(2)):  # (unbind, not dS[:, :, c]: one gradient buffer in backward, not n)
-            states.append(S)
-            S = (w_L if c < n - 1 else w_last) * S + dS_c
-        states = torch.stack(states, dim=2)  # (B, H, n, N, N)
+        # the state at p = 0, L, ..., (n - 1) L (entering each chunk) and at p = T (after the last token)
+        p = torch.cat([starts, starts.new_full((1,), T)])  # (n + 1,)
+        gap = p.view(-1, 1) - ends.view(1, -1)  # (n + 1, n): p - e_j, negative where chunk j has not ended
+        powers = torch.exp(lw * gap.clamp(min=0)) * (gap >= 0)  # (H, n + 1, n)
+        states = (powers @ dS.flatten(-2)).view(B, H, n + 1, N, N) + torch.exp(lw * p).view(H, n + 1, 1, 1) * S.unsqueeze(2)
         # inter-chunk: y_t += w^t r_t S_in
-        y = y + (r * torch.exp(lw * t).view(1, -1, 1, L, 1)) @ states
-        return y.reshape(B, H, n * L, N)[:, :, :T], S
+        y = y + (r * torch.exp(lw * t).view(1, -1, 1, L, 1)) @ states[:, :, :n]
+        return y.reshape(B, H, n * L, N)[:, :, :T], states[:, :, n]
 
     def step(self, x, state=None, v_first=None):
         """Recurrent form: one token x (B, 1, C); the same function as forward() with T = 1."""
@@ -276,12 +276,13 @@ class TimeMix(nn.Module):
         H, N = self.n_head, self.head_size
         x_prev, S = (None, None) if state is None else state
         r, k, v, g = self._projections(x, x_prev)
-        r, k, v = r.float().view(B, H, N), k.float().view(B, H, N), v.float().view(B, H, N)
-        S = x.new_zeros(B, H, N, N, dtype=torch.float32) if S is None else S
-        w = torch.exp(-torch.exp(self.time_decay.float())).view(1, H, 1, 1)
+        dt = torch.promote_types(x.dtype, torch.float32)
+        r, k, v = r.to(dt).view(B, H, N), k.to(dt).view(B, H, N), v.to(dt).view(B, H, N)
+        S = x.new_zeros(B, H, N, N, dtype=dt) if S is None else S.to(dt)
+        w = torch.exp(-torch.exp(self.time_decay.to(dt))).view(1, H, 1, 1)
         kv = k.unsqueeze(-1) * v.unsqueeze(-2)  # k_t^T v_t, (B, H, N, N)
         with torch.autocast(x.device.type, enabled=False):
-            y = (r.unsqueeze(-2) @ (S + self.time_faaaa.float().unsqueeze(-1) * kv)).view(B, H, 1, N)
+            y = (r.unsqueeze(-2) @ (S + self.time_faaaa.to(dt).unsqueeze(-1) * kv)).view(B, H, 1, N)
         S = w * S + kv
         return self._output(y, g), TimeMixState(last_token(x), S), v_first
 
