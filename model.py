@@ -268,7 +268,7 @@ class TimeMix(nn.Module):
         states = (powers @ dS.flatten(-2)).view(B, H, n + 1, N, N) + torch.exp(lw * p).view(H, n + 1, 1, 1) * S.unsqueeze(2)
         # inter-chunk: y_t += w^t r_t S_in
         y = y + (r * torch.exp(lw * t).view(1, -1, 1, L, 1)) @ states[:, :, :n]
-        return y.reshape(B, H, n * L, N)[:, :, :T], states[:, :, n]
+        return y.reshape(B, H, n * L, N)[:, :, :T], states[:, :, n].clone()  # (a view would keep all n + 1 alive)
 
     def step(self, x, state=None, v_first=None):
         """Recurrent form: one token x (B, 1, C); the same function as forward() with T = 1."""
