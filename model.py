@@ -58,7 +58,7 @@ class GPTConfig:
     ln_emb: bool = True  # MicroRWKV: LayerNorm on the token embedding (RWKV's ln0)
     ln_emb_init: float = 0.02  # initial gain of that LayerNorm; at 1 the embedding dwarfs the blocks (README: ablations)
     learned_pos: bool = False  # MicroRWKV: add a learned position embedding (wpe), as nanoGPT does
-    rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunks of min(chunk_len, 32))
+    rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunk_len <= 64)
 
     def __post_init__(self):
         """Refuse an impossible architecture here, with the fields to change, not deep inside a block."""
@@ -83,6 +83,9 @@ class GPTConfig:
             need(self.ln_emb_init > 0, f"ln_emb_init={self.ln_emb_init} must be > 0")
             need(self.init_scheme in ("gpt2", "rwkv"), f"init_scheme={self.init_scheme!r} must be 'gpt2' or 'rwkv'")
             need(self.rwkv_version in ("x051a", "x070"), f"rwkv_version={self.rwkv_version!r} must be 'x051a' or 'x070'")
+            need(self.rwkv_version != "x070" or self.chunk_len <= MAX_CHUNK_LEN_X070,
+                 f"chunk_len={self.chunk_len} must be <= {MAX_CHUNK_LEN_X070} for rwkv_version='x070' (float32 range of "
+                 "its in-chunk decays)")
             if attention and self.n_head >= 1 and self.n_embd % self.n_head == 0:
                 need(self.n_embd // self.n_head % 2 == 0,
                      f"n_embd // n_head = {self.n_embd // max(self.n_head, 1)} must be even (rotary positions)")
@@ -367,9 +370,10 @@ def ortho_(w, scale):
     return nn.init.orthogonal_(w, gain=gain * scale)
 
 
-# The longest chunk TimeMix7's parallel form uses: within a chunk it builds exp(-g_i) for cumulative log-decays
-# g_i >= -L * DECAY_SCALE, up to exp(32 * 0.606531) ~ 3e8, well inside float32. Longer chunks were slower anyway.
-MAX_CHUNK_LEN_X070 = 32
+# The longest chunk TimeMix7's parallel form takes (GPTConfig refuses a longer chunk_len for x070): within a chunk
+# it builds exp(-g_i) for cumulative log-decays g_i >= -L * DECAY_SCALE, up to exp(64 * 0.606531) ~ 7e16, and
+# products of it with exp(g_t) >= 1.4e-17: inside float32's (and bfloat16's) range by 10^21 either way.
+MAX_CHUNK_LEN_X070 = 64
 
 
 def decayed_scores(queries, keys, g):
@@ -391,6 +395,25 @@ def decayed_scores(queries, keys, g):
     return scores.view(*batch, Q, L, J, L) * causal.view(L, 1, L).to(scores.dtype)
 
 
+def scan_affine(AB):
+    """The maps S -> S A_c + B_c (c = 0 .. n-1 along dim -3, stacked as AB[..., c, :, :] = [A_c; B_c], (2N, N)),
+    composed from the first: [P_c; Q_c] with S -> S P_c + Q_c the map of 0 .. c. An inclusive scan in
+    ceil(log2 n) steps (Hillis-Steele): applying [P; Q] after [P'; Q'] gives [P' P; Q' P + Q], so each step
+    composes every element with the one k before it, k = 1, 2, 4, ... The identity [I; 0] stands in before
+    chunk 0: padded once in front (2^steps - 1 of them), each step then drops the first k elements."""
+    *batch, n, N2, N = AB.shape
+    pad = (1 << (n - 1).bit_length()) - 1
+    identity = torch.eye(N2, N, dtype=AB.dtype, device=AB.device).expand(*batch, pad, N2, N)
+    AB = torch.cat([identity, AB], dim=-3)
+    only_B = (torch.arange(N2, device=AB.device) >= N).to(AB.dtype).view(N2, 1)  # [0; 1]
+    k = 1
+    while k <= pad:
+        later = AB[..., k:, :, :]
+        AB = AB[..., :-k, :, :] @ later[..., :N, :] + later * only_B
+        k *= 2
+    return AB
+
+
 class TimeMix7(nn.Module):
     """RWKV-7 time mixing: a linear attention whose matrix state per head follows a delta rule with a
     vector-valued decay (a "diagonal plus low-rank" transition).
@@ -404,9 +427,12 @@ class TimeMix7(nn.Module):
         parallel:   S_t = S_0 diag(e^{g_t}) + sum_{i<=t} (z_i b_i^T + v_i k_i^T) diag(e^{g_t - g_i})
                     y_t = S_t r_t        z_t = -S_{t-1} kk_t     (only z is implicit: a triangular system)
     Inside a chunk of L tokens the z_t solve a unit lower-triangular L x L system (the WY / UT representation
-    of the product of the transitions), so the chunk is a handful of matmuls and one triangular solve; only
-    the N x N state crosses chunk boundaries. Decays stay in log space, as cumulative sums within a chunk of at
-    most 32 tokens, so no factor built from them exceeds exp(32 * 0.606531) (see decayed_scores).
+    of the product of the transitions), so the chunk is a handful of matmuls and one triangular solve, for all
+    chunks at once. Only the N x N state crosses chunk boundaries, through a map affine in it:
+        across chunks:  S_c = S_{c-1} A_c + B_c     A_c = diag(e^{g_end}) + W_c^T b_end,  B_c = V^T k_end + U_c^T b_end
+    composed by an associative scan in ceil(log2 n) steps (scan_affine), not a loop over the n chunks. Decays
+    stay in log space, as cumulative sums within a chunk of at most 64 tokens, so no factor built from them
+    exceeds exp(64 * 0.606531) (see decayed_scores).
 
     The output is GroupNorm'ed per head, plus a "bonus" ((r_t * k_t * r_k).sum() v_t) for the current token,
     times a LoRA gate g, then projected. Inputs come from token-shifted mixes lerp(x_t, x_{t-1}, x_*).
@@ -572,19 +598,17 @@ class TimeMix7(nn.Module):
         # y_t = S_0 (r_t e^{g_t}) + sum_{i<=t} r_b[t, i] z_i + r_k[t, i] v_i  =  R S_0^T + Y_intra
         R = r * torch.exp(g) + r_b @ W  # (B, H, n, L, N): what each token reads from the entering state
         Y_intra = r_b @ U + r_k @ v  # what it reads from this chunk's own writes
-        # state after the chunk: S_0 diag(e^{g_end}) + Z^T (b e^{g_end - g}) + V^T (k e^{g_end - g})
+        # The state after the chunk, S_0 diag(e^{g_end}) + Z^T (b e^{g_end - g}) + V^T (k e^{g_end - g}), is affine in
+        # S_0 (Z = W S_0^T + U): S_c = S_{c-1} A_c + B_c with A_c = diag(e^{g_end}) + W^T b_end, B_c = V^T k_end + U^T b_end,
+        # stacked as one (2N, N) matrix [A_c; B_c] per chunk (W^T and U^T are the halves of WU^T).
         to_end = torch.exp(g_end - g)  # (0, 1]
-        b_end = beta * to_end
-        kv_end = v.transpose(-1, -2) @ (k * to_end)  # (B, H, n, N, N): the chunk's own writes, in parallel
-        decay_end = torch.exp(g_end)  # (B, H, n, 1, N)
-
-        states = []  # the state entering each chunk: a short sequential scan, over chunks, not tokens
-        for W_c, U_c, b_c, kv_c, d_c in zip(*(t.unbind(2) for t in (W, U, b_end, kv_end, decay_end))):
-            states.append(S)  # (unbind, not indexing: autograd then gathers one gradient buffer, not n)
-            Z = U_c + W_c @ S.transpose(-1, -2)  # (B, H, L, N): the chunk's z_t, now that S_0 is known
-            S = S * d_c + kv_c + Z.transpose(-1, -2) @ b_c
-        y = R @ torch.stack(states, dim=2).transpose(-1, -2) + Y_intra
-        return y.reshape(B, H, n * L, N)[:, :, :T], S
+        AB = WU.transpose(-1, -2) @ (beta * to_end) + torch.cat(
+            [torch.diag_embed(torch.exp(g_end).squeeze(-2)), v.transpose(-1, -2) @ (k * to_end)], dim=-2)
+        PQ = scan_affine(AB)  # [P_c; Q_c]: the state after chunk c is S_0 P_c + Q_c
+        after = S.unsqueeze(2) @ PQ[..., :N, :] + PQ[..., N:, :]  # (B, H, n, N, N)
+        entering = torch.cat([S.unsqueeze(2), after[:, :, :-1]], dim=2)
+        y = R @ entering.transpose(-1, -2) + Y_intra
+        return y.reshape(B, H, n * L, N)[:, :, :T], after[:, :, -1].clone()  # (a view would keep all n alive)
 
     def step(self, x, state=None, v_first=None):
         """Recurrent form: one token x (B, 1, C); the same function as forward() with T = 1."""

@@ -416,6 +416,7 @@ def test_flops_per_token_by_hand():
     (dict(n_embd=36, n_head=12, head_size=6), "even"),
     (dict(n_layer=0), "n_layer"),
     (dict(chunk_len=0), "chunk_len"),
+    (dict(rwkv_version="x070", chunk_len=65), "chunk_len=65 must be <= 64"),
     (dict(attn_every=0), "attn_every"),
     (dict(dropout=1.0), "dropout"),
     (dict(model_type="lstm"), "model_type"),
