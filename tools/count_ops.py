@@ -52,7 +52,7 @@ def main():
     parser.add_argument("--out", default="out/count_ops.txt")
     args = parser.parse_args()
     torch.manual_seed(0)
-    header = "  ".join(f"T={T:<6}" for T in args.seq_lens) + f"  ratio T={args.seq_lens[-1]}/T={args.seq_lens[0]}"
+    header = "  ".join(f"T={T:<6}" for T in args.seq_lens) + "  ratios to T=" + str(args.seq_lens[0])
     lines = [f"$ python {' '.join(sys.argv)}", f"version  chunk_len  operators   {header}"]
     for version, cls in (("x051a", TimeMix), ("x070", TimeMix7)):
         config = GPTConfig(n_layer=2, n_embd=args.n_embd, head_size=64, rwkv_version=version)
@@ -60,7 +60,7 @@ def main():
         counts = [count_ops(block, torch.randn(1, T, args.n_embd)) for T in args.seq_lens]
         for i, kind in enumerate(("top-level", "all")):
             lines.append(f"{version:<8} {config.chunk_len:<10} {kind:<10}  " + "  ".join(f"{c[i]:<8}" for c in counts)
-                         + f"  {counts[-1][i] / counts[0][i]:.3f}")
+                         + "  " + " ".join(f"{c[i] / counts[0][i]:.3f}" for c in counts[1:]))
     text = "\n".join(lines) + "\n"
     print(text, end="")
     out = Path(args.out)
