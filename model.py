@@ -22,6 +22,7 @@ RWKV's token shift and decay carry order, and the attention blocks use rotary em
 can run past block_size. States are named tuples (TimeMixState, KVCache, LayerState) that own their memory.
 """
 
+import importlib.util
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -59,6 +60,7 @@ class GPTConfig:
     ln_emb_init: float = 0.02  # initial gain of that LayerNorm; at 1 the embedding dwarfs the blocks (README: ablations)
     learned_pos: bool = False  # MicroRWKV: add a learned position embedding (wpe), as nanoGPT does
     rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunk_len <= 64)
+    kernel: str = "torch"  # TimeMix's parallel form on CUDA: "torch" (pure PyTorch, the reference) | "fla" (fla-core's Triton kernels)
 
     def __post_init__(self):
         """Refuse an impossible architecture here, with the fields to change, not deep inside a block."""
@@ -83,6 +85,11 @@ class GPTConfig:
             need(self.ln_emb_init > 0, f"ln_emb_init={self.ln_emb_init} must be > 0")
             need(self.init_scheme in ("gpt2", "rwkv"), f"init_scheme={self.init_scheme!r} must be 'gpt2' or 'rwkv'")
             need(self.rwkv_version in ("x051a", "x070"), f"rwkv_version={self.rwkv_version!r} must be 'x051a' or 'x070'")
+            need(self.kernel in ("torch", "fla"), f"kernel={self.kernel!r} must be 'torch' or 'fla'")
+            if self.kernel == "fla":
+                need(torch.cuda.is_available(), "kernel='fla' needs CUDA (use kernel='torch')")
+                need(importlib.util.find_spec("fla") is not None,
+                     "kernel='fla' needs fla-core (pip install -r requirements-gpu.txt, or use kernel='torch')")
             need(self.rwkv_version != "x070" or self.chunk_len <= MAX_CHUNK_LEN_X070,
                  f"chunk_len={self.chunk_len} must be <= {MAX_CHUNK_LEN_X070} for rwkv_version='x070' (float32 range of "
                  "its in-chunk decays)")
@@ -162,6 +169,7 @@ class TimeMix(nn.Module):
         C, N = config.n_embd, config.head_size
         assert C % N == 0, "n_embd must be a multiple of head_size"
         self.n_head, self.head_size, self.chunk_len = C // N, N, config.chunk_len
+        self.kernel = getattr(config, "kernel", "torch")
         H = self.n_head
 
         # RWKV initialisation: early layers and low channels mix more of the previous token; decay speeds
@@ -219,11 +227,14 @@ class TimeMix(nn.Module):
         x_prev, S = (None, None) if state is None else state
         r, k, v, g = self._projections(x, x_prev)
         dt = torch.promote_types(x.dtype, torch.float32)  # decays and state: float32 under autocast, float64 for float64 x
-        r, k, v = (t.to(dt).contiguous() for t in (r, k, v))
         S = x.new_zeros(B, H, N, N, dtype=dt) if S is None else S.to(dt)
         log_w = -torch.exp(self.time_decay.to(dt))  # (H,), log of the per-head decay
         with torch.autocast(x.device.type, enabled=False):
-            y, S = self._chunked(r, k, v, S, log_w, self.time_faaaa.to(dt), self.chunk_length(T))
+            if self.kernel == "fla" and x.is_cuda:
+                y, S = fla_wkv5(r, k, v, S, log_w, self.time_faaaa.to(dt))
+            else:
+                r, k, v = (t.to(dt).contiguous() for t in (r, k, v))
+                y, S = self._chunked(r, k, v, S, log_w, self.time_faaaa.to(dt), self.chunk_length(T))
         return self._output(y, g), TimeMixState(last_token(x), S), v_first
 
     def chunk_length(self, T):
@@ -306,6 +317,29 @@ class TimeMix(nn.Module):
         for linear, gain in ((self.receptance, 1.0), (self.key, 0.1), (self.value, 1.0), (self.gate, 0.1),
                              (self.output, 0.0)):
             nn.init.orthogonal_(linear.weight, gain=gain) if gain > 0 else nn.init.zeros_(linear.weight)
+
+
+def fla_wkv5(r, k, v, S, log_w, u):
+    """TimeMix._chunked through fla-core's scalar-decay kernel (GPTConfig.kernel = 'fla', CUDA only); r, k, v: (B, H, T, N)
+    in the projections' dtype, S (B, H, N, N), log_w (H,), u (H, N) in the state's dtype.
+
+    chunk_simple_gla with g_gamma = log w computes o_t = sum_{s<=t} w^(t-s) (q_t . k_s) v_s, the current token
+    included at w^0; x051a reads the state before the current token, sum_{s<t} w^(t-1-s) (r_t . k_s) v_s, which is
+    that sum over keys and values shifted one token later (zero at t = 0). The entering state, the bonus term and
+    the last token's write are added here, exactly: y_t += w^t r_t S_0 + (r_t . (u * k_t)) v_t, and
+    S_T = w^T S_0 + w S_kernel + k_{T-1}^T v_{T-1}, with S_kernel the kernel's state after the shifted sequence."""
+    from fla.ops.simple_gla import chunk_simple_gla
+    B, H, T, N = r.shape
+    shifted = lambda t: F.pad(t, (0, 0, 1, 0))[:, :, :T].transpose(1, 2)  # (B, T, H, N), fla's layout
+    o, S_kernel = chunk_simple_gla(r.transpose(1, 2), shifted(k), shifted(v), g_gamma=log_w.float(), scale=1.0,
+                                   output_final_state=True)
+    r, k, v = (t.to(S.dtype) for t in (r, k, v))
+    t = torch.arange(T, device=r.device, dtype=S.dtype)
+    lw = log_w.view(1, H, 1, 1)
+    y = o.transpose(1, 2).to(S.dtype) + (r * torch.exp(lw * t.view(1, 1, T, 1))) @ S + \
+        (r * u.view(1, H, 1, N) * k).sum(-1, keepdim=True) * v
+    S = torch.exp(lw * T) * S + torch.exp(lw) * S_kernel.to(S.dtype) + k[:, :, -1:].transpose(-1, -2) @ v[:, :, -1:]
+    return y, S
 
 
 class ChannelMix(nn.Module):
@@ -449,6 +483,7 @@ class TimeMix7(nn.Module):
         C, N = config.n_embd, config.head_size
         self.layer_id, self.n_layer = layer_id, config.n_layer
         self.n_head, self.head_size, self.chunk_len = C // N, N, min(config.chunk_len, MAX_CHUNK_LEN_X070)
+        self.kernel = getattr(config, "kernel", "torch")
         H = self.n_head
 
         # token-shift mixes, decay base, ICL-rate base, value-residual base and the key/bonus scales: (1, 1, C)
@@ -558,7 +593,8 @@ class TimeMix7(nn.Module):
         T = x.shape[1]
         r, log_w, k, v, kk, a, g, v_first, S = self._projections(x, state, v_first)
         with torch.autocast(x.device.type, enabled=False):
-            y, S_out = self._chunked(r, log_w, k, v, -kk, kk * a, S, min(self.chunk_len, T))
+            wkv = fla_wkv7 if self.kernel == "fla" and x.is_cuda else self._chunked
+            y, S_out = wkv(r, log_w, k, v, -kk, kk * a, S, min(self.chunk_len, T))
         return self._output(y, r, k, v, g), TimeMixState(last_token(x), S_out), v_first
 
     @staticmethod
@@ -633,6 +669,18 @@ class TimeMix7(nn.Module):
 
     def residual_projections(self):
         return []  # init_weights zeroes the output projection: nothing for GPT-2's scaled init to do
+
+
+def fla_wkv7(r, log_w, k, v, alpha, beta, S, L=None):
+    """TimeMix7._chunked through fla-core's chunk_rwkv7 (GPTConfig.kernel = 'fla', CUDA only), the same arguments
+    (L unused: the kernel picks its own chunks). fla's state is (key, value), the transpose of ours; its
+    recurrence S_t = diag(w_t) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T, o_t = S_t^T q_t is ours with a = alpha = -kk,
+    b = beta = kk * a, q = r and scale 1."""
+    from fla.ops.rwkv7 import chunk_rwkv7
+    rows = lambda t: t.transpose(1, 2)  # (B, H, T, N) -> (B, T, H, N), fla's layout
+    o, S_out = chunk_rwkv7(rows(r), rows(log_w), rows(k), rows(v), rows(alpha), rows(beta), scale=1.0,
+                           initial_state=S.transpose(-1, -2), output_final_state=True)
+    return rows(o).to(S.dtype), S_out.transpose(-1, -2).to(S.dtype)
 
 
 class ChannelMix7(nn.Module):
