@@ -318,6 +318,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="bfloat16: autocast the forward passes (weights and optimizer stay float32)")
+    parser.add_argument("--kernel", default="torch", choices=["torch", "fla"],
+                        help="GPTConfig.kernel of the MicroRWKV models: fla = fla-core's kernels, CUDA only (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="time torch.compile(model) (the warm-up's first step "
                         "compiles; the per-sub-layer breakdown stays eager)")
     parser.add_argument("--out", default="out/benchmark_training.txt", help="the printed text (default: %(default)s)")
@@ -342,7 +344,8 @@ def main(argv=None):
                 parser.error(f"model {name} needs GPTConfig field(s) {missing}, which this model.py does not have")
             try:
                 configs[seq_len, name] = GPTConfig(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                                                   vocab_size=args.vocab_size, block_size=seq_len, **MODELS[name])
+                                                   vocab_size=args.vocab_size, block_size=seq_len, kernel=args.kernel,
+                                                   **MODELS[name])
             except (TypeError, ValueError) as e:
                 parser.error(f"model {name} at T={seq_len}: {e}")
     try:
