@@ -580,6 +580,29 @@ def test_timemix_chunk_length_rule():
     assert [tm.chunk_length(T) for T in (1, 45, 256)] == [1, 16, 16]  # never above chunk_len
 
 
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_moe_dense_form_equals_sorted_dispatch(k):
+    """TinyMoE._dense (what torch.compile traces: every expert on every token, gated) == _dispatch, and the counts."""
+    moe = randomize(TinyMoE(tiny_config(num_active_experts=k)))
+    x = torch.randn(40, 32)
+    gates, chosen = F.softmax(moe.router(x), dim=-1).topk(k, dim=-1)
+    with torch.no_grad():
+        (y, counts), (y_ref, counts_ref) = moe._dense(x, gates, chosen), moe._dispatch(x, gates, chosen)
+    assert torch.allclose(y, y_ref, atol=1e-6) and torch.equal(counts, counts_ref)
+
+
+@pytest.mark.parametrize("overrides", [dict(use_swa=False, use_gqa=False, use_moe=False), {},
+                                       dict(use_swa=False, use_gqa=False, use_moe=False, rwkv_version="x070"),
+                                       dict(rwkv_version="x070"), dict(model_type="gpt")],
+                         ids=["x051a-pure", "all-five-blocks", "x070-pure", "x070-all-five", "gpt"])
+def test_torch_compile_traces_a_training_step_without_graph_breaks(overrides):
+    """torch._dynamo.explain (tracing only, no compiler): forward + loss of every layout is one graph."""
+    model = build_model(tiny_config(n_layer=2, **overrides)).train()
+    idx = torch.randint(0, V, (2, 45))
+    explanation = torch._dynamo.explain(lambda idx: model(idx, idx)[1])(idx)
+    assert explanation.graph_break_count == 0, [str(b.reason)[:200] for b in explanation.break_reasons]
+
+
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
                     reason="torch.compile's CPU backend (inductor) needs a C++ compiler")
 @pytest.mark.parametrize("overrides", [{}, dict(rwkv_version="x070", use_swa=False, use_gqa=False, use_moe=False)],
