@@ -157,11 +157,14 @@ class TimeMix(nn.Module):
     bonus u = time_faaaa in R^N:
         recurrent:  y_t = r_t S_{t-1} + (r_t . (u * k_t)) v_t        S_t = w S_{t-1} + k_t^T v_t
         parallel:   y_t = sum_{s<t} w^(t-1-s) (r_t . k_s) v_s + (r_t . (u * k_t)) v_t + w^t r_t S_0
-    The parallel form is computed chunk by chunk: inside a chunk of L tokens it is a masked (L x L)
-    attention, and only the N x N state crosses chunk boundaries. The output is GroupNorm'ed per head and
-    gated by SiLU(g). r, k, v, g come from token-shifted inputs lerp(x_t, x_{t-1}, time_maa_*).
-    State: TimeMixState(x_prev (B, C), S (B, H, N, N) in float32). forward() runs the recurrent step() itself
-    for a single token after a state.
+    The parallel form is computed in chunks of L tokens, all at once: inside a chunk it is a masked (L x L)
+    attention; across chunks only the N x N state passes, and with a scalar decay the states entering all
+    chunks are one product, S_in = M dS (M_cj = w^(cL - e_j) for the chunks j ending, e_j tokens in, before
+    chunk c starts; dS_j what chunk j writes), plus w^(cL) S_0. With kernel='fla' on CUDA, fla-core's
+    kernel computes it (fla_wkv5). The output is GroupNorm'ed per head and gated by SiLU(g). r, k, v, g come
+    from token-shifted inputs lerp(x_t, x_{t-1}, time_maa_*).
+    State: TimeMixState(x_prev (B, C), S (B, H, N, N) in float32, float64 for a float64 model). forward() runs
+    the recurrent step() itself for a single token after a state.
     """
 
     def __init__(self, config, layer_id):
@@ -466,7 +469,8 @@ class TimeMix7(nn.Module):
         across chunks:  S_c = S_{c-1} A_c + B_c     A_c = diag(e^{g_end}) + W_c^T b_end,  B_c = V^T k_end + U_c^T b_end
     composed by an associative scan in ceil(log2 n) steps (scan_affine), not a loop over the n chunks. Decays
     stay in log space, as cumulative sums within a chunk of at most 64 tokens, so no factor built from them
-    exceeds exp(64 * 0.606531) (see decayed_scores).
+    exceeds exp(64 * 0.606531) (see decayed_scores). With kernel='fla' on CUDA, fla-core's chunk_rwkv7 computes
+    the same recurrence (fla_wkv7).
 
     The output is GroupNorm'ed per head, plus a "bonus" ((r_t * k_t * r_k).sum() v_t) for the current token,
     times a LoRA gate g, then projected. Inputs come from token-shifted mixes lerp(x_t, x_{t-1}, x_*).
