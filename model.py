@@ -664,12 +664,16 @@ class TimeMix7(nn.Module):
     def flops(self, T):
         """Forward FLOPs per token: the four projections and four LoRAs; per head, in a chunk of L tokens,
         four L x L score matrices, the triangular solve and four products with them (about 9 L N
-        multiply-adds), and four N x N products with the state (writes, reads and the chunk's z)."""
+        multiply-adds), four N x N products per token with the state (the chunk's map [A; B] and its reads), and
+        per chunk the scan's (2N x N) (N x N) compositions and the state after it (N^3)."""
         L, N = min(self.chunk_len, T), self.head_size
-        loras = sum(2 * p.numel() for n, p in self.named_parameters() if n[0] in "wavg" and n[1] in "12"
-                    and not (self.layer_id == 0 and n[0] == "v"))
+        n = -(-T // L)
+        pad = (1 << (n - 1).bit_length()) - 1  # as scan_affine pads
+        compositions = sum(n + pad - (1 << s) for s in range(pad.bit_length()))
+        loras = sum(2 * p.numel() for n_, p in self.named_parameters() if n_[0] in "wavg" and n_[1] in "12"
+                    and not (self.layer_id == 0 and n_[0] == "v"))
         return linear_flops(self.receptance, self.key, self.value, self.output) + loras + \
-            self.n_head * (18 * L * N + 8 * N * N)
+            self.n_head * (18 * L * N + 8 * N * N + 2 * (2 * compositions + n) * N ** 3 // T)
 
     def residual_projections(self):
         return []  # init_weights zeroes the output projection: nothing for GPT-2's scaled init to do
