@@ -13,7 +13,7 @@ Models (--models, comma-separated):
     microrwkv-top2  the full layer with top-2 of 4 experts (expert_dim 768) and window_size 256
     rwkv7           like rwkv, with rwkv_version='x070' (RWKV-7 TimeMix)        } need GPTConfig.rwkv_version
     microrwkv7      like microrwkv, with rwkv_version='x070'                     }
-    microrwkv7-top2 like microrwkv-top2, with rwkv_version='x070'               }  (x070: chunk_len 16)
+    microrwkv7-top2 like microrwkv-top2, with rwkv_version='x070'               }
     gpt             nanoGPT's transformer
 
 Per sequence length T (batch = --tokens_per_step // T), every model is built; the models take turns for --warmup
@@ -64,9 +64,9 @@ MODELS = {  # name -> GPTConfig overrides
     "rwkv": dict(RWKV_ONLY),
     "microrwkv": dict(model_type="microrwkv"),
     "microrwkv-top2": dict(model_type="microrwkv", num_experts=4, num_active_experts=2, window_size=256, expert_dim=768),
-    "rwkv7": dict(RWKV_ONLY, rwkv_version="x070", chunk_len=16),  # 16: x070's fastest chunk length
-    "microrwkv7": dict(model_type="microrwkv", rwkv_version="x070", chunk_len=16),
-    "microrwkv7-top2": dict(model_type="microrwkv", rwkv_version="x070", chunk_len=16, num_experts=4,
+    "rwkv7": dict(RWKV_ONLY, rwkv_version="x070"),  # chunk_len 64: x070's fastest with the scan over chunks
+    "microrwkv7": dict(model_type="microrwkv", rwkv_version="x070"),
+    "microrwkv7-top2": dict(model_type="microrwkv", rwkv_version="x070", num_experts=4,
                             num_active_experts=2, window_size=256, expert_dim=768),
     "gpt": dict(model_type="gpt"),
 }
@@ -318,6 +318,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="bfloat16: autocast the forward passes (weights and optimizer stay float32)")
+    parser.add_argument("--kernel", default="torch", choices=["torch", "fla"],
+                        help="GPTConfig.kernel of the MicroRWKV models: fla = fla-core's kernels, CUDA only (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="time torch.compile(model) (the warm-up's first step "
                         "compiles; the per-sub-layer breakdown stays eager)")
     parser.add_argument("--out", default="out/benchmark_training.txt", help="the printed text (default: %(default)s)")
@@ -342,7 +344,8 @@ def main(argv=None):
                 parser.error(f"model {name} needs GPTConfig field(s) {missing}, which this model.py does not have")
             try:
                 configs[seq_len, name] = GPTConfig(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                                                   vocab_size=args.vocab_size, block_size=seq_len, **MODELS[name])
+                                                   vocab_size=args.vocab_size, block_size=seq_len, kernel=args.kernel,
+                                                   **MODELS[name])
             except (TypeError, ValueError) as e:
                 parser.error(f"model {name} at T={seq_len}: {e}")
     try:

@@ -22,6 +22,7 @@ RWKV's token shift and decay carry order, and the attention blocks use rotary em
 can run past block_size. States are named tuples (TimeMixState, KVCache, LayerState) that own their memory.
 """
 
+import importlib.util
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -59,7 +60,8 @@ class GPTConfig:
     ln_emb: bool = True  # MicroRWKV: LayerNorm on the token embedding (RWKV's ln0)
     ln_emb_init: float = 0.02  # initial gain of that LayerNorm; at 1 the embedding dwarfs the blocks (README: ablations)
     learned_pos: bool = False  # MicroRWKV: add a learned position embedding (wpe), as nanoGPT does
-    rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunks of min(chunk_len, 32))
+    rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunk_len <= 64)
+    kernel: str = "torch"  # TimeMix's parallel form on CUDA: "torch" (pure PyTorch, the reference) | "fla" (fla-core's Triton kernels)
 
     def __post_init__(self):
         """Refuse an impossible architecture here, with the fields to change, not deep inside a block."""
@@ -86,6 +88,14 @@ class GPTConfig:
             need(self.ln_emb_init > 0, f"ln_emb_init={self.ln_emb_init} must be > 0")
             need(self.init_scheme in ("gpt2", "rwkv"), f"init_scheme={self.init_scheme!r} must be 'gpt2' or 'rwkv'")
             need(self.rwkv_version in ("x051a", "x070"), f"rwkv_version={self.rwkv_version!r} must be 'x051a' or 'x070'")
+            need(self.kernel in ("torch", "fla"), f"kernel={self.kernel!r} must be 'torch' or 'fla'")
+            if self.kernel == "fla":
+                need(torch.cuda.is_available(), "kernel='fla' needs CUDA (use kernel='torch')")
+                need(importlib.util.find_spec("fla") is not None,
+                     "kernel='fla' needs fla-core (pip install -r requirements-gpu.txt, or use kernel='torch')")
+            need(self.rwkv_version != "x070" or self.chunk_len <= MAX_CHUNK_LEN_X070,
+                 f"chunk_len={self.chunk_len} must be <= {MAX_CHUNK_LEN_X070} for rwkv_version='x070' (float32 range of "
+                 "its in-chunk decays)")
             if attention and self.n_head >= 1 and self.n_embd % self.n_head == 0:
                 need(self.n_embd // self.n_head % 2 == 0,
                      f"n_embd // n_head = {self.n_embd // max(self.n_head, 1)} must be even (rotary positions)")
@@ -163,11 +173,14 @@ class TimeMix(nn.Module):
     bonus u = time_faaaa in R^N:
         recurrent:  y_t = r_t S_{t-1} + (r_t . (u * k_t)) v_t        S_t = w S_{t-1} + k_t^T v_t
         parallel:   y_t = sum_{s<t} w^(t-1-s) (r_t . k_s) v_s + (r_t . (u * k_t)) v_t + w^t r_t S_0
-    The parallel form is computed chunk by chunk: inside a chunk of L tokens it is a masked (L x L)
-    attention, and only the N x N state crosses chunk boundaries. The output is GroupNorm'ed per head and
-    gated by SiLU(g). r, k, v, g come from token-shifted inputs lerp(x_t, x_{t-1}, time_maa_*).
-    State: TimeMixState(x_prev (B, C), S (B, H, N, N) in float32). forward() runs the recurrent step() itself
-    for a single token after a state.
+    The parallel form is computed in chunks of L tokens, all at once: inside a chunk it is a masked (L x L)
+    attention; across chunks only the N x N state passes, and with a scalar decay the states entering all
+    chunks are one product, S_in = M dS (M_cj = w^(cL - e_j) for the chunks j ending, e_j tokens in, before
+    chunk c starts; dS_j what chunk j writes), plus w^(cL) S_0. With kernel='fla' on CUDA, fla-core's
+    kernel computes it (fla_wkv5). The output is GroupNorm'ed per head and gated by SiLU(g). r, k, v, g come
+    from token-shifted inputs lerp(x_t, x_{t-1}, time_maa_*).
+    State: TimeMixState(x_prev (B, C), S (B, H, N, N) in float32, float64 for a float64 model). forward() runs
+    the recurrent step() itself for a single token after a state.
     """
 
     def __init__(self, config, layer_id):
@@ -175,6 +188,7 @@ class TimeMix(nn.Module):
         C, N = config.n_embd, config.head_size
         assert C % N == 0, "n_embd must be a multiple of head_size"
         self.n_head, self.head_size, self.chunk_len = C // N, N, config.chunk_len
+        self.kernel = getattr(config, "kernel", "torch")
         H = self.n_head
 
         # RWKV initialisation: early layers and low channels mix more of the previous token; decay speeds
@@ -231,11 +245,15 @@ class TimeMix(nn.Module):
         H, N = self.n_head, self.head_size
         x_prev, S = (None, None) if state is None else state
         r, k, v, g = self._projections(x, x_prev)
-        r, k, v = (t.float().contiguous() for t in (r, k, v))  # decays and state stay in float32 under autocast
-        S = x.new_zeros(B, H, N, N, dtype=torch.float32) if S is None else S
-        log_w = -torch.exp(self.time_decay.float())  # (H,), log of the per-head decay
+        dt = torch.promote_types(x.dtype, torch.float32)  # decays and state: float32 under autocast, float64 for float64 x
+        S = x.new_zeros(B, H, N, N, dtype=dt) if S is None else S.to(dt)
+        log_w = -torch.exp(self.time_decay.to(dt))  # (H,), log of the per-head decay
         with torch.autocast(x.device.type, enabled=False):
-            y, S = self._chunked(r, k, v, S, log_w, self.time_faaaa.float(), self.chunk_length(T))
+            if self.kernel == "fla" and x.is_cuda:
+                y, S = fla_wkv5(r, k, v, S, log_w, self.time_faaaa.to(dt))
+            else:
+                r, k, v = (t.to(dt).contiguous() for t in (r, k, v))
+                y, S = self._chunked(r, k, v, S, log_w, self.time_faaaa.to(dt), self.chunk_length(T))
         return self._output(y, g), TimeMixState(last_token(x), S), v_first
 
     def chunk_length(self, T):
@@ -252,15 +270,17 @@ class TimeMix(nn.Module):
         u (H, N); L: chunk length. Returns y (B, H, T, N) and the state after the last token.
 
         Every chunk is computed at once, in one batch: the last one is padded with zero tokens, which read
-        nothing and write nothing, and the decays (which depend only on positions inside a chunk) are built
-        once for all chunks. Only the state entering each chunk is a (short) scan over chunks."""
+        nothing and write nothing, and the decays (which depend only on positions) are built once. With a
+        scalar decay the state after p tokens is w^p S_0 + sum_j w^(p - e_j) dS_j over the chunks j that end
+        (e_j tokens in) by then, where dS_j = sum_{s in j} w^(e_j - 1 - s) k_s^T v_s is what chunk j writes:
+        the states entering all chunks are one (n + 1) x n lower-triangular matrix of decay powers times the
+        stacked dS_j, with no loop over chunks."""
         B, H, T, N = r.shape
         n = -(-T // L)  # chunks
-        last = T - (n - 1) * L  # tokens in the last chunk, 1..L
         if n * L > T:
             r, k, v = (F.pad(t, (0, 0, 0, n * L - T)) for t in (r, k, v))
         r, k, v = (t.reshape(B, H, n, L, N) for t in (r, k, v))
-        t = torch.arange(L, device=r.device, dtype=torch.float32)
+        t = torch.arange(L, device=r.device, dtype=r.dtype)
         lw = log_w.view(-1, 1, 1)  # (H, 1, 1)
 
         # intra-chunk: y_t += sum_{s<t} w^(t-1-s) (r_t . k_s) v_s  +  (r_t . (u * k_t)) v_t
@@ -269,22 +289,19 @@ class TimeMix(nn.Module):
         y = ((r @ k.transpose(-1, -2)) * decay.unsqueeze(1)) @ v
         y = y + (r * u.view(1, -1, 1, 1, N) * k).sum(-1, keepdim=True) * v
 
-        # what each chunk adds to the state at its end, sum_s w^(end-s) k_s^T v_s, where the end is token
-        # L-1 of a full chunk and token last-1 of the last one (its padded keys are zero: clamp, not mask)
-        end = torch.full((n, 1), L - 1.0, device=r.device)
-        end[-1] = last - 1
-        to_end = torch.exp(lw * (end - t).clamp(min=0))  # (H, n, L)
+        # dS_j, with e_j = min((j + 1) L, T): the padded keys of the last chunk are zero (clamp, not mask)
+        ends = torch.arange(1, n + 1, device=r.device, dtype=r.dtype).mul(L).clamp(max=T)  # e_j (n,)
+        starts = torch.arange(n, device=r.device, dtype=r.dtype) * L
+        to_end = torch.exp(lw * (ends.view(n, 1) - 1 - starts.view(n, 1) - t).clamp(min=0))  # (H, n, L)
         dS = (k * to_end.unsqueeze(-1)).transpose(-1, -2) @ v  # (B, H, n, N, N)
-        w_L = torch.exp(lw * L).unsqueeze(0)  # (1, H, 1, 1): decay across a whole chunk
-        w_last = torch.exp(lw * last).unsqueeze(0)  # and across the last chunk's real tokens
-        states = []  # the state entering each chunk; a short sequential scan over chunks
-        for c, dS_c in enumerate(dS.unbind(2)):  # (unbind, not dS[:, :, c]: one gradient buffer in backward, not n)
-            states.append(S)
-            S = (w_L if c < n - 1 else w_last) * S + dS_c
-        states = torch.stack(states, dim=2)  # (B, H, n, N, N)
+        # the state at p = 0, L, ..., (n - 1) L (entering each chunk) and at p = T (after the last token)
+        p = torch.cat([starts, starts.new_full((1,), T)])  # (n + 1,)
+        gap = p.view(-1, 1) - ends.view(1, -1)  # (n + 1, n): p - e_j, negative where chunk j has not ended
+        powers = torch.exp(lw * gap.clamp(min=0)) * (gap >= 0)  # (H, n + 1, n)
+        states = (powers @ dS.flatten(-2)).view(B, H, n + 1, N, N) + torch.exp(lw * p).view(H, n + 1, 1, 1) * S.unsqueeze(2)
         # inter-chunk: y_t += w^t r_t S_in
-        y = y + (r * torch.exp(lw * t).view(1, -1, 1, L, 1)) @ states
-        return y.reshape(B, H, n * L, N)[:, :, :T], S
+        y = y + (r * torch.exp(lw * t).view(1, -1, 1, L, 1)) @ states[:, :, :n]
+        return y.reshape(B, H, n * L, N)[:, :, :T], states[:, :, n].clone()  # (a view would keep all n + 1 alive)
 
     def step(self, x, state=None, v_first=None):
         """Recurrent form: one token x (B, 1, C); the same function as forward() with T = 1."""
@@ -292,12 +309,13 @@ class TimeMix(nn.Module):
         H, N = self.n_head, self.head_size
         x_prev, S = (None, None) if state is None else state
         r, k, v, g = self._projections(x, x_prev)
-        r, k, v = r.float().view(B, H, N), k.float().view(B, H, N), v.float().view(B, H, N)
-        S = x.new_zeros(B, H, N, N, dtype=torch.float32) if S is None else S
-        w = torch.exp(-torch.exp(self.time_decay.float())).view(1, H, 1, 1)
+        dt = torch.promote_types(x.dtype, torch.float32)
+        r, k, v = r.to(dt).view(B, H, N), k.to(dt).view(B, H, N), v.to(dt).view(B, H, N)
+        S = x.new_zeros(B, H, N, N, dtype=dt) if S is None else S.to(dt)
+        w = torch.exp(-torch.exp(self.time_decay.to(dt))).view(1, H, 1, 1)
         kv = k.unsqueeze(-1) * v.unsqueeze(-2)  # k_t^T v_t, (B, H, N, N)
         with torch.autocast(x.device.type, enabled=False):
-            y = (r.unsqueeze(-2) @ (S + self.time_faaaa.float().unsqueeze(-1) * kv)).view(B, H, 1, N)
+            y = (r.unsqueeze(-2) @ (S + self.time_faaaa.to(dt).unsqueeze(-1) * kv)).view(B, H, 1, N)
         S = w * S + kv
         return self._output(y, g), TimeMixState(last_token(x), S), v_first
 
@@ -318,6 +336,29 @@ class TimeMix(nn.Module):
         for linear, gain in ((self.receptance, 1.0), (self.key, 0.1), (self.value, 1.0), (self.gate, 0.1),
                              (self.output, 0.0)):
             nn.init.orthogonal_(linear.weight, gain=gain) if gain > 0 else nn.init.zeros_(linear.weight)
+
+
+def fla_wkv5(r, k, v, S, log_w, u):
+    """TimeMix._chunked through fla-core's scalar-decay kernel (GPTConfig.kernel = 'fla', CUDA only); r, k, v: (B, H, T, N)
+    in the projections' dtype, S (B, H, N, N), log_w (H,), u (H, N) in the state's dtype.
+
+    chunk_simple_gla with g_gamma = log w computes o_t = sum_{s<=t} w^(t-s) (q_t . k_s) v_s, the current token
+    included at w^0; x051a reads the state before the current token, sum_{s<t} w^(t-1-s) (r_t . k_s) v_s, which is
+    that sum over keys and values shifted one token later (zero at t = 0). The entering state, the bonus term and
+    the last token's write are added here, exactly: y_t += w^t r_t S_0 + (r_t . (u * k_t)) v_t, and
+    S_T = w^T S_0 + w S_kernel + k_{T-1}^T v_{T-1}, with S_kernel the kernel's state after the shifted sequence."""
+    from fla.ops.simple_gla import chunk_simple_gla
+    B, H, T, N = r.shape
+    shifted = lambda t: F.pad(t, (0, 0, 1, 0))[:, :, :T].transpose(1, 2)  # (B, T, H, N), fla's layout
+    o, S_kernel = chunk_simple_gla(r.transpose(1, 2), shifted(k), shifted(v), g_gamma=log_w.float(), scale=1.0,
+                                   output_final_state=True)
+    r, k, v = (t.to(S.dtype) for t in (r, k, v))
+    t = torch.arange(T, device=r.device, dtype=S.dtype)
+    lw = log_w.view(1, H, 1, 1)
+    y = o.transpose(1, 2).to(S.dtype) + (r * torch.exp(lw * t.view(1, 1, T, 1))) @ S + \
+        (r * u.view(1, H, 1, N) * k).sum(-1, keepdim=True) * v
+    S = torch.exp(lw * T) * S + torch.exp(lw) * S_kernel.to(S.dtype) + k[:, :, -1:].transpose(-1, -2) @ v[:, :, -1:]
+    return y, S
 
 
 class ChannelMix(nn.Module):
@@ -382,9 +423,10 @@ def ortho_(w, scale):
     return nn.init.orthogonal_(w, gain=gain * scale)
 
 
-# The longest chunk TimeMix7's parallel form uses: within a chunk it builds exp(-g_i) for cumulative log-decays
-# g_i >= -L * DECAY_SCALE, up to exp(32 * 0.606531) ~ 3e8, well inside float32. Longer chunks were slower anyway.
-MAX_CHUNK_LEN_X070 = 32
+# The longest chunk TimeMix7's parallel form takes (GPTConfig refuses a longer chunk_len for x070): within a chunk
+# it builds exp(-g_i) for cumulative log-decays g_i >= -L * DECAY_SCALE, up to exp(64 * 0.606531) ~ 7e16, and
+# products of it with exp(g_t) >= 1.4e-17: inside float32's (and bfloat16's) range by 10^21 either way.
+MAX_CHUNK_LEN_X070 = 64
 
 
 def decayed_scores(queries, keys, g):
@@ -406,6 +448,25 @@ def decayed_scores(queries, keys, g):
     return scores.view(*batch, Q, L, J, L) * causal.view(L, 1, L).to(scores.dtype)
 
 
+def scan_affine(AB):
+    """The maps S -> S A_c + B_c (c = 0 .. n-1 along dim -3, stacked as AB[..., c, :, :] = [A_c; B_c], (2N, N)),
+    composed from the first: [P_c; Q_c] with S -> S P_c + Q_c the map of 0 .. c. An inclusive scan in
+    ceil(log2 n) steps (Hillis-Steele): applying [P; Q] after [P'; Q'] gives [P' P; Q' P + Q], so each step
+    composes every element with the one k before it, k = 1, 2, 4, ... The identity [I; 0] stands in before
+    chunk 0: padded once in front (2^steps - 1 of them), each step then drops the first k elements."""
+    *batch, n, N2, N = AB.shape
+    pad = (1 << (n - 1).bit_length()) - 1
+    identity = torch.eye(N2, N, dtype=AB.dtype, device=AB.device).expand(*batch, pad, N2, N)
+    AB = torch.cat([identity, AB], dim=-3)
+    only_B = (torch.arange(N2, device=AB.device) >= N).to(AB.dtype).view(N2, 1)  # [0; 1]
+    k = 1
+    while k <= pad:
+        later = AB[..., k:, :, :]
+        AB = AB[..., :-k, :, :] @ later[..., :N, :] + later * only_B
+        k *= 2
+    return AB
+
+
 class TimeMix7(nn.Module):
     """RWKV-7 time mixing: a linear attention whose matrix state per head follows a delta rule with a
     vector-valued decay (a "diagonal plus low-rank" transition).
@@ -419,9 +480,13 @@ class TimeMix7(nn.Module):
         parallel:   S_t = S_0 diag(e^{g_t}) + sum_{i<=t} (z_i b_i^T + v_i k_i^T) diag(e^{g_t - g_i})
                     y_t = S_t r_t        z_t = -S_{t-1} kk_t     (only z is implicit: a triangular system)
     Inside a chunk of L tokens the z_t solve a unit lower-triangular L x L system (the WY / UT representation
-    of the product of the transitions), so the chunk is a handful of matmuls and one triangular solve; only
-    the N x N state crosses chunk boundaries. Decays stay in log space, as cumulative sums within a chunk of at
-    most 32 tokens, so no factor built from them exceeds exp(32 * 0.606531) (see decayed_scores).
+    of the product of the transitions), so the chunk is a handful of matmuls and one triangular solve, for all
+    chunks at once. Only the N x N state crosses chunk boundaries, through a map affine in it:
+        across chunks:  S_c = S_{c-1} A_c + B_c     A_c = diag(e^{g_end}) + W_c^T b_end,  B_c = V^T k_end + U_c^T b_end
+    composed by an associative scan in ceil(log2 n) steps (scan_affine), not a loop over the n chunks. Decays
+    stay in log space, as cumulative sums within a chunk of at most 64 tokens, so no factor built from them
+    exceeds exp(64 * 0.606531) (see decayed_scores). With kernel='fla' on CUDA, fla-core's chunk_rwkv7 computes
+    the same recurrence (fla_wkv7).
 
     The output is GroupNorm'ed per head, plus a "bonus" ((r_t * k_t * r_k).sum() v_t) for the current token,
     times a LoRA gate g, then projected. Inputs come from token-shifted mixes lerp(x_t, x_{t-1}, x_*).
@@ -438,6 +503,7 @@ class TimeMix7(nn.Module):
         C, N = config.n_embd, config.head_size
         self.layer_id, self.n_layer = layer_id, config.n_layer
         self.n_head, self.head_size, self.chunk_len = C // N, N, min(config.chunk_len, MAX_CHUNK_LEN_X070)
+        self.kernel = getattr(config, "kernel", "torch")
         H = self.n_head
 
         # token-shift mixes, decay base, ICL-rate base, value-residual base and the key/bonus scales: (1, 1, C)
@@ -547,7 +613,8 @@ class TimeMix7(nn.Module):
         T = x.shape[1]
         r, log_w, k, v, kk, a, g, v_first, S = self._projections(x, state, v_first)
         with torch.autocast(x.device.type, enabled=False):
-            y, S_out = self._chunked(r, log_w, k, v, -kk, kk * a, S, min(self.chunk_len, T))
+            wkv = fla_wkv7 if self.kernel == "fla" and x.is_cuda else self._chunked
+            y, S_out = wkv(r, log_w, k, v, -kk, kk * a, S, min(self.chunk_len, T))
         return self._output(y, r, k, v, g), TimeMixState(last_token(x), S_out), v_first
 
     @staticmethod
@@ -587,19 +654,17 @@ class TimeMix7(nn.Module):
         # y_t = S_0 (r_t e^{g_t}) + sum_{i<=t} r_b[t, i] z_i + r_k[t, i] v_i  =  R S_0^T + Y_intra
         R = r * torch.exp(g) + r_b @ W  # (B, H, n, L, N): what each token reads from the entering state
         Y_intra = r_b @ U + r_k @ v  # what it reads from this chunk's own writes
-        # state after the chunk: S_0 diag(e^{g_end}) + Z^T (b e^{g_end - g}) + V^T (k e^{g_end - g})
+        # The state after the chunk, S_0 diag(e^{g_end}) + Z^T (b e^{g_end - g}) + V^T (k e^{g_end - g}), is affine in
+        # S_0 (Z = W S_0^T + U): S_c = S_{c-1} A_c + B_c with A_c = diag(e^{g_end}) + W^T b_end, B_c = V^T k_end + U^T b_end,
+        # stacked as one (2N, N) matrix [A_c; B_c] per chunk (W^T and U^T are the halves of WU^T).
         to_end = torch.exp(g_end - g)  # (0, 1]
-        b_end = beta * to_end
-        kv_end = v.transpose(-1, -2) @ (k * to_end)  # (B, H, n, N, N): the chunk's own writes, in parallel
-        decay_end = torch.exp(g_end)  # (B, H, n, 1, N)
-
-        states = []  # the state entering each chunk: a short sequential scan, over chunks, not tokens
-        for W_c, U_c, b_c, kv_c, d_c in zip(*(t.unbind(2) for t in (W, U, b_end, kv_end, decay_end))):
-            states.append(S)  # (unbind, not indexing: autograd then gathers one gradient buffer, not n)
-            Z = U_c + W_c @ S.transpose(-1, -2)  # (B, H, L, N): the chunk's z_t, now that S_0 is known
-            S = S * d_c + kv_c + Z.transpose(-1, -2) @ b_c
-        y = R @ torch.stack(states, dim=2).transpose(-1, -2) + Y_intra
-        return y.reshape(B, H, n * L, N)[:, :, :T], S
+        AB = WU.transpose(-1, -2) @ (beta * to_end) + torch.cat(
+            [torch.diag_embed(torch.exp(g_end).squeeze(-2)), v.transpose(-1, -2) @ (k * to_end)], dim=-2)
+        PQ = scan_affine(AB)  # [P_c; Q_c]: the state after chunk c is S_0 P_c + Q_c
+        after = S.unsqueeze(2) @ PQ[..., :N, :] + PQ[..., N:, :]  # (B, H, n, N, N)
+        entering = torch.cat([S.unsqueeze(2), after[:, :, :-1]], dim=2)
+        y = R @ entering.transpose(-1, -2) + Y_intra
+        return y.reshape(B, H, n * L, N)[:, :, :T], after[:, :, -1].clone()  # (a view would keep all n alive)
 
     def step(self, x, state=None, v_first=None):
         """Recurrent form: one token x (B, 1, C); the same function as forward() with T = 1."""
@@ -615,15 +680,31 @@ class TimeMix7(nn.Module):
     def flops(self, T):
         """Forward FLOPs per token: the four projections and four LoRAs; per head, in a chunk of L tokens,
         four L x L score matrices, the triangular solve and four products with them (about 9 L N
-        multiply-adds), and four N x N products with the state (writes, reads and the chunk's z)."""
+        multiply-adds), four N x N products per token with the state (the chunk's map [A; B] and its reads), and
+        per chunk the scan's (2N x N) (N x N) compositions and the state after it (N^3)."""
         L, N = min(self.chunk_len, T), self.head_size
-        loras = sum(2 * p.numel() for n, p in self.named_parameters() if n[0] in "wavg" and n[1] in "12"
-                    and not (self.layer_id == 0 and n[0] == "v"))
+        n = -(-T // L)
+        pad = (1 << (n - 1).bit_length()) - 1  # as scan_affine pads
+        compositions = sum(n + pad - (1 << s) for s in range(pad.bit_length()))
+        loras = sum(2 * p.numel() for n_, p in self.named_parameters() if n_[0] in "wavg" and n_[1] in "12"
+                    and not (self.layer_id == 0 and n_[0] == "v"))
         return linear_flops(self.receptance, self.key, self.value, self.output) + loras + \
-            self.n_head * (18 * L * N + 8 * N * N)
+            self.n_head * (18 * L * N + 8 * N * N + 2 * (2 * compositions + n) * N ** 3 // T)
 
     def residual_projections(self):
         return []  # init_weights zeroes the output projection: nothing for GPT-2's scaled init to do
+
+
+def fla_wkv7(r, log_w, k, v, alpha, beta, S, L=None):
+    """TimeMix7._chunked through fla-core's chunk_rwkv7 (GPTConfig.kernel = 'fla', CUDA only), the same arguments
+    (L unused: the kernel picks its own chunks). fla's state is (key, value), the transpose of ours; its
+    recurrence S_t = diag(w_t) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T, o_t = S_t^T q_t is ours with a = alpha = -kk,
+    b = beta = kk * a, q = r and scale 1."""
+    from fla.ops.rwkv7 import chunk_rwkv7
+    rows = lambda t: t.transpose(1, 2)  # (B, H, T, N) -> (B, T, H, N), fla's layout
+    o, S_out = chunk_rwkv7(rows(r), rows(log_w), rows(k), rows(v), rows(alpha), rows(beta), scale=1.0,
+                           initial_state=S.transpose(-1, -2), output_final_state=True)
+    return rows(o).to(S.dtype), S_out.transpose(-1, -2).to(S.dtype)
 
 
 class ChannelMix7(nn.Module):
@@ -855,7 +936,7 @@ class TinyMoE(nn.Module):
         gates, chosen = probs.topk(K, dim=-1)  # (BT, K)
         if K > 1:
             gates = gates / gates.sum(-1, keepdim=True)
-        y, counts = self._dispatch(x, gates, chosen)
+        y, counts = (self._dense if torch.compiler.is_compiling() else self._dispatch)(x, gates, chosen)
         share = counts.float() / (B * T * K)  # f_e (no gradient: a count)
         aux_loss = E * (share * probs.mean(0)).sum()
         return y.view(B, T, C), aux_loss
@@ -880,6 +961,16 @@ class TinyMoE(nn.Module):
         for expert, x_e, token_e, gate_e in pieces:
             if token_e.numel() > 0:
                 y.index_add_(0, token_e, expert(x_e) * gate_e)
+        return y, counts
+
+    def _dense(self, x, gates, chosen):
+        """_dispatch as torch.compile traces it: every expert on every token, times its gate (0 where not chosen).
+        The same sums with no routing-dependent sizes, so no graph break, at E / K times the expert FLOPs (the
+        same FLOPs with all experts active, the default)."""
+        E = self.num_experts
+        weights = torch.zeros(x.shape[0], E, dtype=x.dtype, device=x.device).scatter(1, chosen, gates.to(x.dtype))
+        y = sum(expert(x) * weights[:, e:e + 1] for e, expert in enumerate(self.experts))
+        counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, chosen.flatten(), torch.ones_like(chosen.flatten()))
         return y, counts
 
     def flops(self, T):

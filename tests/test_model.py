@@ -126,8 +126,8 @@ def naive_timemix(tm, x):
     H, N = tm.n_head, tm.head_size
     w = torch.exp(-torch.exp(tm.time_decay))
     u = tm.time_faaaa
-    S = torch.zeros(B, H, N, N)
-    x_prev = torch.zeros(B, C)
+    S = torch.zeros(B, H, N, N, dtype=x.dtype)
+    x_prev = torch.zeros(B, C, dtype=x.dtype)
     ys = []
     for t in range(T):
         xt = x[:, t]
@@ -152,6 +152,30 @@ def test_chunked_timemix_equals_naive_recurrence():
         y_naive, S_naive = naive_timemix(tm, x)
     assert (y - y_naive).abs().max().item() < 1e-4
     assert (S - S_naive).abs().max().item() < 1e-4
+
+
+def test_chunked_timemix_in_float64_equals_naive_recurrence_to_rounding():
+    """In float64 the chunked form computes in float64 (no silent float32): it meets the recurrence to 1e-10, and
+    gradcheck passes through the chunks, the decay powers between them and the entering state."""
+    config = tiny_config()
+    tm = randomize(TimeMix(config, layer_id=1)).double()
+    x = torch.randn(2, 45, config.n_embd, dtype=torch.float64)
+    with torch.no_grad():
+        y, (_, S), _ = tm(x)
+        y_naive, S_naive = naive_timemix(tm, x)
+    assert y.dtype == S.dtype == torch.float64
+    assert ((y - y_naive).abs().max() / y_naive.abs().max()).item() < 1e-10
+    assert ((S - S_naive).abs().max() / S_naive.abs().max()).item() < 1e-10
+    tm.chunk_length = lambda T: 3  # 7 tokens: chunks of 3, 3 and 1
+    x = torch.randn(1, 7, config.n_embd, dtype=torch.float64, requires_grad=True)
+    S0 = torch.randn(1, tm.n_head, 8, 8, dtype=torch.float64, requires_grad=True)
+    x_prev = torch.randn(1, config.n_embd, dtype=torch.float64)
+
+    def y_and_state(x, S0):
+        y, (_, S), _ = tm(x, (x_prev, S0))
+        return y, S
+
+    assert torch.autograd.gradcheck(y_and_state, (x, S0))
 
 
 def test_timemix_state_is_float32_under_bf16_autocast():
@@ -414,6 +438,7 @@ def test_flops_per_token_by_hand():
     (dict(n_embd=36, n_head=12, head_size=6), "even"),
     (dict(n_layer=0), "n_layer"),
     (dict(chunk_len=0), "chunk_len"),
+    (dict(rwkv_version="x070", chunk_len=65), "chunk_len=65 must be <= 64"),
     (dict(attn_every=0), "attn_every"),
     (dict(layers="RGR"), "layers"),  # tiny_config has 2 layers: needs 2 letters from RSGA
     (dict(layers="RX"), "layers"),
@@ -586,6 +611,29 @@ def test_timemix_chunk_length_rule():
     assert [tm.chunk_length(T) for T in (1, 45, 256)] == [1, 45, 64]  # up to max(head_size, 32)
     tm = TimeMix(tiny_config(n_embd=128, head_size=32, chunk_len=16), layer_id=0)
     assert [tm.chunk_length(T) for T in (1, 45, 256)] == [1, 16, 16]  # never above chunk_len
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_moe_dense_form_equals_sorted_dispatch(k):
+    """TinyMoE._dense (what torch.compile traces: every expert on every token, gated) == _dispatch, and the counts."""
+    moe = randomize(TinyMoE(tiny_config(num_active_experts=k)))
+    x = torch.randn(40, 32)
+    gates, chosen = F.softmax(moe.router(x), dim=-1).topk(k, dim=-1)
+    with torch.no_grad():
+        (y, counts), (y_ref, counts_ref) = moe._dense(x, gates, chosen), moe._dispatch(x, gates, chosen)
+    assert torch.allclose(y, y_ref, atol=1e-6) and torch.equal(counts, counts_ref)
+
+
+@pytest.mark.parametrize("overrides", [dict(use_swa=False, use_gqa=False, use_moe=False), {},
+                                       dict(use_swa=False, use_gqa=False, use_moe=False, rwkv_version="x070"),
+                                       dict(rwkv_version="x070"), dict(model_type="gpt")],
+                         ids=["x051a-pure", "all-five-blocks", "x070-pure", "x070-all-five", "gpt"])
+def test_torch_compile_traces_a_training_step_without_graph_breaks(overrides):
+    """torch._dynamo.explain (tracing only, no compiler): forward + loss of every layout is one graph."""
+    model = build_model(tiny_config(n_layer=2, **overrides)).train()
+    idx = torch.randint(0, V, (2, 45))
+    explanation = torch._dynamo.explain(lambda idx: model(idx, idx)[1])(idx)
+    assert explanation.graph_break_count == 0, [str(b.reason)[:200] for b in explanation.break_reasons]
 
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
