@@ -59,6 +59,9 @@ class GPTConfig:
     ln_emb_init: float = 0.02  # initial gain of that LayerNorm; at 1 the embedding dwarfs the blocks (README: ablations)
     learned_pos: bool = False  # MicroRWKV: add a learned position embedding (wpe), as nanoGPT does
     rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunks of min(chunk_len, 32))
+    lora_ranks: tuple = ()  # x070: ranks of the decay, ICL-rate, value-residual and gate LoRAs; (): lora_dim's rule
+    tie_head: bool = True  # MicroRWKV: the LM head is the token embedding (official RWKV-7 models: False)
+    tokenizer: str = "gpt2"  # the token ids the model reads: "gpt2" (GPT-2 BPE) or "rwkv_world" (RWKV World, 65,536)
 
     def __post_init__(self):
         """Refuse an impossible architecture here, with the fields to change, not deep inside a block."""
@@ -72,6 +75,7 @@ class GPTConfig:
             need(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
         need(self.model_type in ("microrwkv", "gpt"), f"model_type={self.model_type!r} must be 'microrwkv' or 'gpt'")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(self.tokenizer in ("gpt2", "rwkv_world"), f"tokenizer={self.tokenizer!r} must be 'gpt2' or 'rwkv_world'")
         need(self.n_head >= 1 and self.n_embd % self.n_head == 0,
              f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head} (e.g. n_head=1)")
         attention = self.model_type == "gpt" or self.use_swa or self.use_gqa
@@ -83,6 +87,8 @@ class GPTConfig:
             need(self.ln_emb_init > 0, f"ln_emb_init={self.ln_emb_init} must be > 0")
             need(self.init_scheme in ("gpt2", "rwkv"), f"init_scheme={self.init_scheme!r} must be 'gpt2' or 'rwkv'")
             need(self.rwkv_version in ("x051a", "x070"), f"rwkv_version={self.rwkv_version!r} must be 'x051a' or 'x070'")
+            need(len(self.lora_ranks) in (0, 4) and all(isinstance(d, int) and d >= 1 for d in self.lora_ranks),
+                 f"lora_ranks={self.lora_ranks!r} must be () or 4 positive ints (decay, ICL rate, value, gate)")
             if attention and self.n_head >= 1 and self.n_embd % self.n_head == 0:
                 need(self.n_embd // self.n_head % 2 == 0,
                      f"n_embd // n_head = {self.n_embd // max(self.n_head, 1)} must be even (rotary positions)")
@@ -1068,7 +1074,8 @@ class Block(nn.Module):
 
 
 class MicroRWKV(LanguageModel):
-    """Token embedding -> n_layer Blocks -> LayerNorm -> tied LM head. State: a list of LayerStates."""
+    """Token embedding -> n_layer Blocks -> LayerNorm -> LM head (tied to the embedding unless tie_head=False).
+    State: a list of LayerStates."""
 
     def __init__(self, config):
         super().__init__()
@@ -1082,7 +1089,13 @@ class MicroRWKV(LanguageModel):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = LMHead(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying, as in GPT
+        if config.tie_head:
+            self.lm_head.weight = self.wte.weight  # weight tying, as in GPT
+        if config.rwkv_version == "x070" and config.lora_ranks:  # an official model's ranks (init_weights fills them)
+            for block in self.blocks:
+                for prefix, D in zip("wavg", config.lora_ranks):
+                    setattr(block.tmix, prefix + "1", nn.Parameter(torch.empty(config.n_embd, D)))
+                    setattr(block.tmix, prefix + "2", nn.Parameter(torch.empty(D, config.n_embd)))
         self.apply(self._init_weights)
         if config.ln_emb:  # with a gain of 1 the embedding (norm sqrt(C)) dwarfs every block's initial output
             nn.init.constant_(self.ln_in.weight, config.ln_emb_init)
