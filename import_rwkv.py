@@ -10,8 +10,8 @@ $ python train.py config/train_tinystories_cpu.py --dataset=tinystories_local_wo
 $ python export_rwkv.py --out_dir out --output finetuned.pth  # and back to the official format
 
 --input is a local file or a Hugging Face hub file given as owner/repo/filename (e.g.
-BlinkDL/rwkv7-g1/rwkv7-g1-0.1b-20250307-ctx4096.pth), downloaded once into the hub cache; offline, only that
-cache is read. DIR/ckpt.pt is a pure x070 MicroRWKV checkpoint (use_swa=use_gqa=use_moe=False, LayerNorm
+BlinkDL/rwkv7-g1/rwkv7-g1-0.1b-20250307-ctx4096.pth), downloaded once into the hub cache; offline, that cache
+or a copy of the file in the current directory is read. DIR/ckpt.pt is a pure x070 MicroRWKV checkpoint (use_swa=use_gqa=use_moe=False, LayerNorm
 biases, the official untied head: tie_head=False) whose configuration comes from the tensor shapes:
 layers, width, head size, vocabulary and the four LoRA ranks. It records its tokenizer (tokenizer=
 'rwkv_world' for the 65,536-token vocabulary of the official models; --tokenizer for another). Tensors in
@@ -59,12 +59,14 @@ def resolve(spec):
         raise RWKVImportError(f"{spec} is not a local file and huggingface_hub is not installed to download it "
                               "(pip install huggingface_hub)") from None
     repo, filename, offline = "/".join(parts[:2]), "/".join(parts[2:]), not hub_reachable()
+    if offline and os.path.isfile(os.path.basename(filename)):  # a copy of the file in the current directory
+        return os.path.basename(filename)
     try:
         return hf_hub_download(repo_id=repo, filename=filename, local_files_only=offline)
     except Exception as e:  # huggingface_hub raises its own types for a missing repo, file or network
-        where = "the hub is unreachable and it is not in the local hub cache; " if offline else ""
-        raise RWKVImportError(f"cannot get {filename} from {repo}: {where}{one_line(e)}; download it and pass "
-                              "the local file") from None
+        why = ("the hub is unreachable, and the file is neither in the hub cache nor in the current directory"
+               if offline else one_line(e))
+        raise RWKVImportError(f"cannot get {filename} from {repo}: {why}; download it and give its path") from None
 
 
 def read_pth(path):

@@ -259,3 +259,29 @@ def test_bad_files_are_one_line_errors(tmp_path, capsys):
     with refused_again:
         import_rwkv.main(["--input", str(good), "--out_dir", str(out), "--tokenizer", "gpt2"])
     assert "exists; pass --force" in capsys.readouterr().err and (out / "ckpt.pt").read_bytes() == first
+
+
+def test_hub_file_is_downloaded_or_read_locally(tmp_path, monkeypatch, capsys):
+    """owner/repo/filename: hf_hub_download where the hub is reachable; offline, a copy in the current directory."""
+    import huggingface_hub
+    import data
+    spec = "BlinkDL/rwkv7-g1/rwkv7-g1-0.1b-20250307-ctx4096.pth"
+    local = write_official(tmp_path / "downloaded.pth")
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: calls.append(kw) or str(local))
+    monkeypatch.setattr(data, "hub_reachable", lambda: True)
+    assert import_rwkv.resolve(spec) == str(local)
+    assert calls == [{"repo_id": "BlinkDL/rwkv7-g1", "filename": "rwkv7-g1-0.1b-20250307-ctx4096.pth",
+                      "local_files_only": False}]
+
+    monkeypatch.setattr(data, "hub_reachable", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rwkv7-g1-0.1b-20250307-ctx4096.pth").write_bytes(local.read_bytes())
+    assert import_rwkv.resolve(spec) == "rwkv7-g1-0.1b-20250307-ctx4096.pth"
+    (tmp_path / "rwkv7-g1-0.1b-20250307-ctx4096.pth").unlink()
+
+    def offline(**kw):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    refused(capsys, spec, tmp_path / "out", "the hub is unreachable, and the file is neither in the hub cache")
