@@ -26,17 +26,13 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("RWKV_V7_ON", "1")  # the runtime reads these when it is imported
-os.environ.setdefault("RWKV_CUDA_ON", "0")
-os.environ.setdefault("RWKV_JIT_ON", "1")
+import torch
 
-import torch  # noqa: E402
-
-import generate  # noqa: E402
-import import_rwkv  # noqa: E402
-from checkpoint import cast_weights  # noqa: E402
-from model import MicroRWKV  # noqa: E402
-from tokenizer import get_tokenizer  # noqa: E402
+import generate
+import import_rwkv
+from checkpoint import cast_weights
+from model import MicroRWKV
+from tokenizer import get_tokenizer
 
 
 def official_weights(n_layer=12, n_embd=768, head_size=64, vocab=65536, ranks=(64, 64, 32, 128), seed=0,
@@ -74,6 +70,7 @@ def rel_err(a, b):
 
 
 def load_runtime(path):
+    os.environ.update(RWKV_V7_ON="1", RWKV_CUDA_ON="0")  # read when rwkv.model is imported: RWKV-7, on the CPU
     from rwkv.model import RWKV
     return RWKV(model=path.removesuffix(".pth"), strategy="cpu fp32")
 

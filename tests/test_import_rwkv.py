@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import benchmark_rwkv_runtime
 import export_rwkv
 import generate
 import import_rwkv
@@ -32,31 +33,9 @@ def rwkv_env(monkeypatch):
     monkeypatch.setenv("RWKV_CUDA_ON", "0")
 
 
-def official_weights(V=300, n_layer=L, seed=0, layer0_v=True):
-    """An RWKV-7 state dict as BlinkDL's trainer saves it (names, shapes, key order), random at a real scale:
-    decays from fast to slow, token-shift mixes in [0, 1], a head that is not the embedding."""
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, generator=g)
-    u = lambda *shape: torch.rand(*shape, generator=g)
-    w = {"emb.weight": r(V, C), "blocks.0.ln0.weight": 1 + 0.1 * r(C), "blocks.0.ln0.bias": 0.1 * r(C)}
-    for i in range(n_layer):
-        b, a, f = f"blocks.{i}.", f"blocks.{i}.att.", f"blocks.{i}.ffn."
-        w.update({b + "ln1.weight": 1 + 0.1 * r(C), b + "ln1.bias": 0.1 * r(C),
-                  b + "ln2.weight": 1 + 0.1 * r(C), b + "ln2.bias": 0.1 * r(C)})
-        w.update({a + n: u(1, 1, C) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")})
-        w[a + "w0"] = (torch.linspace(-6, 3, C)[torch.randperm(C, generator=g)] + 0.1 * r(C)).view(1, 1, C)
-        for n, D in zip("wavg", RANKS):
-            if n == "v" and i == 0 and not layer0_v:
-                continue
-            w.update({a + n + "1": r(C, D) / C ** 0.5, a + n + "2": r(D, C) / D ** 0.5})
-            if n in "av" and not (n == "v" and i == 0 and not layer0_v):
-                w[a + n + "0"] = 0.3 * r(1, 1, C)
-        w.update({a + "k_k": 0.7 + 0.3 * r(1, 1, C), a + "k_a": 1 + 0.3 * r(1, 1, C), a + "r_k": 0.3 * r(C // N, N)})
-        w.update({a + n + ".weight": r(C, C) / C ** 0.5 for n in ("receptance", "key", "value", "output")})
-        w.update({a + "ln_x.weight": 1 + 0.1 * r(C), a + "ln_x.bias": 0.1 * r(C), f + "x_k": u(1, 1, C),
-                  f + "key.weight": r(4 * C, C) / C ** 0.5, f + "value.weight": r(C, 4 * C) / (4 * C) ** 0.5})
-    w.update({"ln_out.weight": 1 + 0.1 * r(C), "ln_out.bias": 0.1 * r(C), "head.weight": r(V, C) / C ** 0.5})
-    return w
+def official_weights(V=300, n_layer=L, layer0_v=True):
+    """An official RWKV-7 state dict, random at a real scale, with an untied head (see the benchmark)."""
+    return benchmark_rwkv_runtime.official_weights(n_layer, C, N, V, RANKS, seed=0, layer0_v=layer0_v)
 
 
 def write_official(path, dtype=torch.float32, **kw):
