@@ -125,6 +125,10 @@ def main(argv=None):
     p.add_argument("--out_dir", default="out/rwkv_runtime", help="for the JSON report")
     p.add_argument("--random_pth", default="out/rwkv_runtime/random_rwkv7_0b1.pth",
                    help="where the random 0.1B-shape file is written (and reused) without --input")
+    p.add_argument("--shape", type=int, nargs=8, default=[12, 768, 64, 65536, 64, 64, 32, 128],
+                   metavar=("LAYERS", "WIDTH", "HEAD", "VOCAB", "R_DECAY", "R_ICL", "R_VALUE", "R_GATE"),
+                   help="shape of the random file (default: the official 0.1B's)")
+    p.add_argument("--write_random", action="store_true", help="only write the random file --random_pth, and exit")
     p.add_argument("--seq_len", type=int, default=64, help="tokens of the logit comparison")
     p.add_argument("--greedy", type=int, default=200, help="greedy tokens compared (and timed, untimed first one)")
     p.add_argument("--prompt", default="Once upon a time, there was a little girl named Lily.")
@@ -141,8 +145,12 @@ def main(argv=None):
         path = args.random_pth
         if not os.path.exists(path):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            torch.save(official_weights(), path + ".tmp")
+            L, C, N, V, *ranks = args.shape
+            torch.save(official_weights(L, C, N, V, tuple(ranks)), path + ".tmp")
             os.replace(path + ".tmp", path)
+        if args.write_random:
+            print(f"{path}: random RWKV-7 weights of shape {args.shape} (an existing file is kept)")
+            return
     sd, config, _ = import_rwkv.import_pth(path)
     model = MicroRWKV(config)
     model.load_state_dict(sd)

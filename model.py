@@ -75,6 +75,7 @@ class GPTConfig:
             need(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
         need(self.model_type in ("microrwkv", "gpt"), f"model_type={self.model_type!r} must be 'microrwkv' or 'gpt'")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(self.tie_head or self.model_type == "microrwkv", "tie_head=False is for MicroRWKV only (GPT ties its head)")
         need(self.tokenizer in ("gpt2", "rwkv_world"), f"tokenizer={self.tokenizer!r} must be 'gpt2' or 'rwkv_world'")
         need(self.n_head >= 1 and self.n_embd % self.n_head == 0,
              f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head} (e.g. n_head=1)")
