@@ -157,11 +157,12 @@ def main(argv=None):
     model.eval()
     del sd
     rt = load_runtime(path)
-    report = {"file": path, "config": {k: getattr(config, k) for k in ("n_layer", "n_embd", "head_size", "vocab_size",
-                                                                         "lora_ranks", "tie_head", "tokenizer")},
+    report = {"file": path, "config": {**{k: getattr(config, k) for k in ("n_layer", "n_embd", "head_size", "vocab_size",
+                                                                           "tie_head", "tokenizer")},
+                                       "lora_ranks": import_rwkv.lora_ranks(config)},
               "threads": args.threads, "torch": torch.__version__}
     print(f"model: {config.n_layer} x {config.n_embd}, head size {config.head_size}, vocab {config.vocab_size}, "
-          f"LoRA ranks {config.lora_ranks}; {args.threads} threads, float32")
+          f"LoRA ranks {import_rwkv.lora_ranks(config)}; {args.threads} threads, float32")
 
     report["rel_err"] = equality(model, rt, config.vocab_size, args.seq_len)
     print(f"logits, {args.seq_len} tokens: max relative error sequence {report['rel_err']['sequence']:.2e}, "

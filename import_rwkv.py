@@ -35,6 +35,7 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # how the other RWKV generations show themselves in a .pth: a tensor name (suffix) of theirs
 OTHER_VERSIONS = (("att.time_maa_x", "RWKV-6"), ("att.time_faaaa", "RWKV-5"), ("att.time_first", "RWKV-4"))
 WORLD_VOCAB = 65536
+LORA_FIELDS = ("lora_w", "lora_a", "lora_v", "lora_g")  # GPTConfig's ranks of the w1/a1/v1/g1 LoRAs
 
 
 class RWKVImportError(ValueError):
@@ -138,7 +139,7 @@ def infer_config(sd, path, tokenizer=None, block_size=4096, dropout=0.0):
     try:
         return GPTConfig(model_type="microrwkv", rwkv_version="x070", n_layer=n_layer, n_embd=C, head_size=N,
                          n_head=H, vocab_size=V, bias=True, ln_emb=True, use_swa=False, use_gqa=False,
-                         use_moe=False, lora_ranks=tuple(ranks), tie_head=tied, tokenizer=tokenizer,
+                         use_moe=False, **dict(zip(LORA_FIELDS, ranks)), tie_head=tied, tokenizer=tokenizer,
                          block_size=block_size, dropout=dropout)
     except ValueError as e:
         raise RWKVImportError(f"{path}: {e}") from None
@@ -202,6 +203,11 @@ def convert(sd, config, path):
     return out
 
 
+def lora_ranks(config):
+    """(decay, in-context learning rate, value residual, gate) LoRA ranks of an x070 config."""
+    return tuple(getattr(config, f) for f in LORA_FIELDS)
+
+
 def import_pth(spec, tokenizer=None, block_size=4096, dropout=0.0):
     """(state dict, GPTConfig, local path) of the official RWKV-7 file `spec` (see resolve)."""
     path = resolve(spec)
@@ -254,7 +260,7 @@ def main(argv=None):
         die(f"cannot write {out} ({one_line(e)})")
     n_params = sum(v.numel() for k, v in sd.items() if k != "lm_head.weight" or not config.tie_head)
     print(f"wrote {out}: RWKV-7 (x070), {config.n_layer} layers, n_embd {config.n_embd}, head_size "
-          f"{config.head_size}, vocab {config.vocab_size}, LoRA ranks {config.lora_ranks}, "
+          f"{config.head_size}, vocab {config.vocab_size}, LoRA ranks {lora_ranks(config)}, "
           f"{'tied' if config.tie_head else 'untied'} head, tokenizer {config.tokenizer}, "
           f"{n_params / 1e6:.2f}M parameters")
 

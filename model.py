@@ -59,7 +59,10 @@ class GPTConfig:
     ln_emb_init: float = 0.02  # initial gain of that LayerNorm; at 1 the embedding dwarfs the blocks (README: ablations)
     learned_pos: bool = False  # MicroRWKV: add a learned position embedding (wpe), as nanoGPT does
     rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunks of min(chunk_len, 32))
-    lora_ranks: tuple = ()  # x070: ranks of the decay, ICL-rate, value-residual and gate LoRAs; (): lora_dim's rule
+    lora_w: int = 0  # x070: rank of the decay LoRA (w1, w2); 0: lora_dim's rule (as for the next three)
+    lora_a: int = 0  # x070: rank of the in-context learning rate LoRA (a1, a2)
+    lora_v: int = 0  # x070: rank of the value-residual LoRA (v1, v2)
+    lora_g: int = 0  # x070: rank of the gate LoRA (g1, g2)
     tie_head: bool = True  # MicroRWKV: the LM head is the token embedding (official RWKV-7 models: False)
     tokenizer: str = "gpt2"  # the token ids the model reads: "gpt2" (GPT-2 BPE) or "rwkv_world" (RWKV World, 65,536)
 
@@ -88,8 +91,8 @@ class GPTConfig:
             need(self.ln_emb_init > 0, f"ln_emb_init={self.ln_emb_init} must be > 0")
             need(self.init_scheme in ("gpt2", "rwkv"), f"init_scheme={self.init_scheme!r} must be 'gpt2' or 'rwkv'")
             need(self.rwkv_version in ("x051a", "x070"), f"rwkv_version={self.rwkv_version!r} must be 'x051a' or 'x070'")
-            need(len(self.lora_ranks) in (0, 4) and all(isinstance(d, int) and d >= 1 for d in self.lora_ranks),
-                 f"lora_ranks={self.lora_ranks!r} must be () or 4 positive ints (decay, ICL rate, value, gate)")
+            for name in ("lora_w", "lora_a", "lora_v", "lora_g"):
+                need(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0 (0: lora_dim's rule)")
             if attention and self.n_head >= 1 and self.n_embd % self.n_head == 0:
                 need(self.n_embd // self.n_head % 2 == 0,
                      f"n_embd // n_head = {self.n_embd // max(self.n_head, 1)} must be even (rotary positions)")
@@ -1092,9 +1095,10 @@ class MicroRWKV(LanguageModel):
         self.lm_head = LMHead(config.n_embd, config.vocab_size, bias=False)
         if config.tie_head:
             self.lm_head.weight = self.wte.weight  # weight tying, as in GPT
-        if config.rwkv_version == "x070" and config.lora_ranks:  # an official model's ranks (init_weights fills them)
-            for block in self.blocks:
-                for prefix, D in zip("wavg", config.lora_ranks):
+        ranks = {p: getattr(config, "lora_" + p) for p in "wavg"} if config.rwkv_version == "x070" else {}
+        for block in self.blocks:  # an official model's LoRA ranks, where given (init_weights below fills them)
+            for prefix, D in ranks.items():
+                if D:
                     setattr(block.tmix, prefix + "1", nn.Parameter(torch.empty(config.n_embd, D)))
                     setattr(block.tmix, prefix + "2", nn.Parameter(torch.empty(D, config.n_embd)))
         self.apply(self._init_weights)

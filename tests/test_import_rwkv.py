@@ -54,7 +54,8 @@ def test_imported_model_gives_the_runtimes_logits(tmp_path, dtype):
     pth = write_official(tmp_path / "model.pth", dtype)
     model = do_import(pth, tmp_path / "imported").eval()
     cfg = model.config
-    assert (cfg.n_layer, cfg.n_embd, cfg.head_size, cfg.vocab_size, cfg.lora_ranks) == (L, C, N, 300, RANKS)
+    assert (cfg.n_layer, cfg.n_embd, cfg.head_size, cfg.vocab_size) == (L, C, N, 300)
+    assert import_rwkv.lora_ranks(cfg) == RANKS
     assert cfg.rwkv_version == "x070" and not cfg.tie_head and cfg.tokenizer == "gpt2"
     assert not torch.equal(model.lm_head.weight, model.wte.weight)
     rt = runtime(v7=True).RWKV(model=str(pth.with_suffix("")), strategy="cpu fp32")  # converts to fp32 as we do
@@ -65,7 +66,7 @@ def test_official_file_without_layer0_value_lora(tmp_path):
     """Files may leave out layer 0's v0/v1/v2 (the runtime ignores them; export_rwkv.py does not write them)."""
     pth = write_official(tmp_path / "model.pth", layer0_v=False)
     model = do_import(pth, tmp_path / "imported").eval()
-    assert model.config.lora_ranks == RANKS
+    assert import_rwkv.lora_ranks(model.config) == RANKS
     compare_with_runtime(model, runtime(v7=True).RWKV(model=str(pth.with_suffix("")), strategy="cpu fp32"), tokens(300))
 
 
@@ -97,7 +98,8 @@ def test_import_of_export_is_the_same_model(tmp_path):
     """Our untied-head x070 model with non-default LoRA ranks -> export_rwkv.py -> import_rwkv.py: the same
     tensors (but layer 0's unused value LoRA, which the export leaves out), the same config, the same logits."""
     config = GPTConfig(model_type="microrwkv", rwkv_version="x070", n_layer=3, n_embd=C, head_size=N, n_head=2,
-                       vocab_size=512, bias=True, use_swa=False, use_gqa=False, use_moe=False, lora_ranks=RANKS,
+                       vocab_size=512, bias=True, use_swa=False, use_gqa=False, use_moe=False,
+                       **dict(zip(import_rwkv.LORA_FIELDS, RANKS)),
                        tie_head=False, block_size=64)
     model = perturb(MicroRWKV(config)).eval()
     assert not torch.equal(model.lm_head.weight, model.wte.weight)
@@ -122,7 +124,8 @@ def test_import_of_export_is_the_same_model(tmp_path):
 
 
 def test_old_checkpoints_keep_a_tied_head():
-    assert GPTConfig().tie_head and GPTConfig().tokenizer == "gpt2" and GPTConfig().lora_ranks == ()
+    assert GPTConfig().tie_head and GPTConfig().tokenizer == "gpt2"
+    assert import_rwkv.lora_ranks(GPTConfig()) == (0, 0, 0, 0)
     model = MicroRWKV(GPTConfig(n_layer=1, n_embd=32, head_size=8, vocab_size=97, use_swa=False, use_gqa=False,
                                 use_moe=False, rwkv_version="x070"))
     assert model.lm_head.weight is model.wte.weight
