@@ -34,6 +34,8 @@ import tiktoken
 import torch
 from tqdm import tqdm
 
+from tokenizer import TokenizerError, get_tokenizer
+
 TOKENIZER = "r50k_base"  # the GPT-2 BPE ranks; tiktoken's "gpt2" is the same but needs more files offline
 VOCAB_SIZE = 50257
 EOT_TOKEN = 50256
@@ -351,9 +353,9 @@ def split_by_fraction(stories, n, val_fraction, seed):
 _enc = None
 
 
-def _init_worker():
+def _init_worker(name=TOKENIZER):
     global _enc
-    _enc = tiktoken.get_encoding(TOKENIZER)
+    _enc = tiktoken.get_encoding(TOKENIZER) if name == TOKENIZER else get_tokenizer(name)
 
 
 def _encode_batch(stories):
@@ -362,23 +364,23 @@ def _encode_batch(stories):
     ids, lens = [], []
     for story in stories:
         t = _enc.encode_ordinary(story)  # ordinary: a literal "<|endoftext|>" in a story stays text
-        t.append(EOT_TOKEN)
+        t.append(_enc.eot_token)
         ids.extend(t)
         lens.append(len(t))
     return np.array(ids, dtype=np.uint16), lens
 
 
-def _tokenized(batches, num_proc):
+def _tokenized(batches, num_proc, name=TOKENIZER):
     """Yield (splits, (tokens, lens)) in order. Pool.imap would read the whole input ahead into
     its task queue (a 2 GB file in RAM), so at most 2 batches per process are in flight."""
     if num_proc == 1:
-        _init_worker()
+        _init_worker(name)
         for splits, stories in batches:
             yield splits, _encode_batch(stories)
         return
     import multiprocessing as mp
     # spawn, not fork: forking a process that already runs threads (torch, tqdm) can deadlock
-    with mp.get_context("spawn").Pool(num_proc, initializer=_init_worker) as pool:
+    with mp.get_context("spawn").Pool(num_proc, initializer=_init_worker, initargs=(name,)) as pool:
         pending = deque()
         for splits, stories in batches:
             pending.append((splits, pool.apply_async(_encode_batch, (stories,))))
@@ -396,13 +398,22 @@ def batched(items):
     return iter(lambda: tuple(zip(*itertools.islice(items, BATCH_STORIES))), ())
 
 
-def write_dataset(out_dir, items, total, meta, num_proc=1, unique=None):
+def write_dataset(out_dir, items, total, meta, num_proc=1, unique=None, tokenizer=TOKENIZER):
     """Tokenize items, an iterable of (split, story) with split "train" or "val", with the GPT-2 BPE
-    in num_proc processes into out_dir/train.bin, val.bin, meta.json (see write_token_files). unique:
-    the Unique that filtered items, read once they are used up, for meta.json's duplicates_dropped."""
+    (or tokenizer="rwkv_world") in num_proc processes into out_dir/train.bin, val.bin, meta.json (see
+    write_token_files). unique: the Unique that filtered items, read once they are used up, for meta.json's
+    duplicates_dropped."""
     num_proc = max(1, min(num_proc, math.ceil(total / BATCH_STORIES)))  # a spawned process costs ~0.3 s to start
-    tokenizer = {"tokenizer": TOKENIZER, "vocab_size": VOCAB_SIZE, "eot_token": EOT_TOKEN}
-    meta, dt = write_token_files(out_dir, _tokenized(batched(items), num_proc), tokenizer, meta, total, unique)
+    if tokenizer == TOKENIZER:
+        fields = {"tokenizer": TOKENIZER, "vocab_size": VOCAB_SIZE, "eot_token": EOT_TOKEN}
+    else:
+        try:
+            enc = get_tokenizer(tokenizer)  # fails here, before any file is opened
+        except TokenizerError as e:
+            raise DataError(str(e)) from None
+        fields = {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_token": enc.eot_token}
+    meta, dt = write_token_files(out_dir, _tokenized(batched(items), num_proc, tokenizer), fields, meta, total,
+                                 unique)
     n_tok = meta["train_tokens"] + meta["val_tokens"]
     print(f"wrote {out_dir}: train {meta['train_tokens']:,} tokens ({meta['train_stories']:,} stories), "
           f"val {meta['val_tokens']:,} tokens ({meta['val_stories']:,} stories)")

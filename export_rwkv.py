@@ -9,7 +9,9 @@ TimeMix "x051a" (the default) is written as RWKV-5.2; rwkv_version="x070" as RWK
 loads with RWKV_V7_ON=1 set before `import rwkv.model`. Only a pure RWKV model fits the format:
 use_swa=use_gqa=use_moe=False, no learned positions, a LayerNorm on the embedding, no (non-zero) Linear
 biases; anything else is refused with a one-line error naming it. The file holds no tokenizer: feed
-the runtime the GPT-2 token ids the model was trained on.
+the runtime the ids of the model's tokenizer (model_args' tokenizer: GPT-2's BPE, or RWKV World for a model
+imported with import_rwkv.py). An untied head (tie_head=False) is written as it is; import_rwkv.py reads
+the file back.
 
 The output is written to a temporary file and renamed into place; an existing --output is only
 replaced with --force. --dtype bf16/fp16 halves the file (the runtime converts on load).

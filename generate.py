@@ -8,7 +8,9 @@ $ python generate.py --num_samples=8 --batch --stop_at_eot          # 8 samples 
 $ python generate.py --prompt_file=long.txt --save_state=long.state  # prefill once ...
 $ python generate.py --load_state=long.state --num_samples=3         # ... continue it later, prompt not re-read
 
-The model's configuration comes from the checkpoint (out_dir/<model_name>.pt, written by train.py).
+The model's configuration comes from the checkpoint (out_dir/<model_name>.pt, written by train.py or
+import_rwkv.py), and so does its tokenizer: GPT-2's BPE, or RWKV World (official RWKV-7 models, where
+<|endoftext|> is id 0).
 The prompt is prefilled once in parallel, then every new token costs one recurrent step:
 constant time per token for MicroRWKV's RWKV/SWA blocks, at any position, and past block_size.
 GPT checkpoints work too, within their learned positions: a longer prompt is cropped to its last
@@ -58,6 +60,7 @@ from dataclasses import asdict, fields
 
 import torch
 
+import tokenizer
 from checkpoint import INIT_ONLY_FIELDS, CheckpointError, cast_weights, checkpoint_path, load_checkpoint, \
     model_from_checkpoint, one_line
 from model import GPTConfig, KVCache, LayerState, TimeMixState, sample
@@ -120,13 +123,12 @@ def load_model(out_dir, model_name, device):
     return model.to(device).eval()
 
 
-def get_tokenizer():
-    import tiktoken
+def get_tokenizer(name="gpt2"):
+    """The tokenizer the checkpoint records (GPTConfig.tokenizer: GPT-2's BPE, or RWKV World for official models)."""
     try:
-        return tiktoken.get_encoding("r50k_base")  # GPT-2's BPE, as prepare_tinystories.py uses
-    except Exception as e:
-        die(f"cannot load the GPT-2 tokenizer r50k_base ({type(e).__name__}); offline, set TIKTOKEN_CACHE_DIR "
-            f"to a folder with its files (e.g. ../shared/tiktoken_cache)")
+        return tokenizer.get_tokenizer(name)
+    except tokenizer.TokenizerError as e:
+        die(e)
 
 
 def mask_padding_ids(model, n_vocab):
@@ -383,9 +385,9 @@ def main(argv=None):
             die(f"cannot read --prompt_file {args.prompt_file} ({one_line(e)})")
         prompt = prompt[:-1] if prompt.endswith("\n") else prompt  # the newline editors add at the end
 
-    enc = get_tokenizer()
-    eot = enc.eot_token
     model = load_model(args.out_dir, args.model_name, device)
+    enc = get_tokenizer(model.config.tokenizer)
+    eot = enc.eot_token
     weights = weights_fingerprint(model) if saved or args.save_state else None
     if dtype != "float32":
         cast_weights(model, DTYPES[dtype])

@@ -62,6 +62,12 @@ class GPTConfig:
     learned_pos: bool = False  # MicroRWKV: add a learned position embedding (wpe), as nanoGPT does
     rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunk_len <= 64)
     kernel: str = "torch"  # TimeMix's parallel form on CUDA: "torch" (pure PyTorch, the reference) | "fla" (fla-core's Triton kernels)
+    lora_w: int = 0  # x070: rank of the decay LoRA (w1, w2); 0: lora_dim's rule (as for the next three)
+    lora_a: int = 0  # x070: rank of the in-context learning rate LoRA (a1, a2)
+    lora_v: int = 0  # x070: rank of the value-residual LoRA (v1, v2)
+    lora_g: int = 0  # x070: rank of the gate LoRA (g1, g2)
+    tie_head: bool = True  # MicroRWKV: the LM head is the token embedding (official RWKV-7 models: False)
+    tokenizer: str = "gpt2"  # the token ids the model reads: "gpt2" (GPT-2 BPE) or "rwkv_world" (RWKV World, 65,536)
 
     def __post_init__(self):
         """Refuse an impossible architecture here, with the fields to change, not deep inside a block."""
@@ -75,6 +81,8 @@ class GPTConfig:
             need(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
         need(self.model_type in ("microrwkv", "gpt"), f"model_type={self.model_type!r} must be 'microrwkv' or 'gpt'")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(self.tie_head or self.model_type == "microrwkv", "tie_head=False is for MicroRWKV only (GPT ties its head)")
+        need(self.tokenizer in ("gpt2", "rwkv_world"), f"tokenizer={self.tokenizer!r} must be 'gpt2' or 'rwkv_world'")
         need(self.n_head >= 1 and self.n_embd % self.n_head == 0,
              f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head} (e.g. n_head=1)")
         swa = any(c in "SA" for c in self.layers) if self.layers else self.use_swa
@@ -96,6 +104,8 @@ class GPTConfig:
             need(self.rwkv_version != "x070" or self.chunk_len <= MAX_CHUNK_LEN_X070,
                  f"chunk_len={self.chunk_len} must be <= {MAX_CHUNK_LEN_X070} for rwkv_version='x070' (float32 range of "
                  "its in-chunk decays)")
+            for name in ("lora_w", "lora_a", "lora_v", "lora_g"):
+                need(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0 (0: lora_dim's rule)")
             if attention and self.n_head >= 1 and self.n_embd % self.n_head == 0:
                 need(self.n_embd // self.n_head % 2 == 0,
                      f"n_embd // n_head = {self.n_embd // max(self.n_head, 1)} must be even (rotary positions)")
@@ -1176,7 +1186,8 @@ class Block(nn.Module):
 
 
 class MicroRWKV(LanguageModel):
-    """Token embedding -> n_layer Blocks -> LayerNorm -> tied LM head. State: a list of LayerStates."""
+    """Token embedding -> n_layer Blocks -> LayerNorm -> LM head (tied to the embedding unless tie_head=False).
+    State: a list of LayerStates."""
 
     def __init__(self, config):
         super().__init__()
@@ -1190,7 +1201,14 @@ class MicroRWKV(LanguageModel):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = LMHead(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying, as in GPT
+        if config.tie_head:
+            self.lm_head.weight = self.wte.weight  # weight tying, as in GPT
+        ranks = {p: getattr(config, "lora_" + p) for p in "wavg"} if config.rwkv_version == "x070" else {}
+        for block in self.blocks:  # an official model's LoRA ranks, where given (init_weights below fills them)
+            for prefix, D in ranks.items():
+                if D:
+                    setattr(block.tmix, prefix + "1", nn.Parameter(torch.empty(config.n_embd, D)))
+                    setattr(block.tmix, prefix + "2", nn.Parameter(torch.empty(D, config.n_embd)))
         self.apply(self._init_weights)
         if config.ln_emb:  # with a gain of 1 the embedding (norm sqrt(C)) dwarfs every block's initial output
             nn.init.constant_(self.ln_in.weight, config.ln_emb_init)

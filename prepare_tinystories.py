@@ -1,5 +1,6 @@
 """
-Prepare TinyStories (or your own story files) as GPT-2 BPE token files for training.
+Prepare TinyStories (or your own story files) as GPT-2 BPE token files for training (or, with
+--tokenizer rwkv_world, as RWKV World token files, the ids official RWKV-7 models read: see import_rwkv.py).
 
 Writes data/<name>/train.bin and val.bin (flat uint16 token ids, every story followed by
 <|endoftext|> = 50256) and meta.json (tokenizer, vocab size, token and story counts, source).
@@ -17,6 +18,9 @@ $ python prepare_tinystories.py --num_stories 15000
 # stories separated by a line <|endoftext|>) or JSON / JSONL records with a "text" or "story" field
 $ python prepare_tinystories.py --source TinyStoriesV2-GPT4-train.txt --val_source TinyStoriesV2-GPT4-valid.txt
 $ python prepare_tinystories.py --source ../shared/data/tinystories/train_sample_lower.txt --val_fraction 0.05
+
+# World tokens for official RWKV-7 models -> data/tinystories_local_world/ (meta.json: "tokenizer": "rwkv_world")
+$ python prepare_tinystories.py --source ../shared/data/tinystories/valid_sample.txt --tokenizer rwkv_world
 
 # no network at all -> data/synthetic/: 2000 stories from a small procedural generator below.
 # A smoke-test corpus (does the pipeline run end to end?), NOT TinyStories.
@@ -185,6 +189,9 @@ def parse_args(argv):
     parser.add_argument("--num_stories", type=int, metavar="N",
                         help="use only the first N train stories (and the first N // 10 of a separate "
                              "validation set); the name gets a suffix, e.g. tinystories_15k")
+    parser.add_argument("--tokenizer", choices=["gpt2", "rwkv_world"], default="gpt2",
+                        help="gpt2: GPT-2's BPE (meta.json says r50k_base); rwkv_world: the RWKV World tokenizer of "
+                             "the official RWKV-7 models (the default name gets a _world suffix) (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1337,
                         help="seed of the --val_fraction split and of --synthetic (default: %(default)s)")
     add_output_args(parser,
@@ -227,7 +234,9 @@ def prepare(args):
     elif args.source or args.synthetic:
         params.update(val_fraction=args.val_fraction, split_seed=args.seed)
     # dedup: a dataset prepared before exact duplicates were dropped is not this one; --force rebuilds it
-    params.update(num_stories=n_max, tokenizer=TOKENIZER, dedup="exact")
+    tokenizer = TOKENIZER if args.tokenizer == "gpt2" else args.tokenizer
+    params.update(num_stories=n_max, tokenizer=tokenizer, dedup="exact")
+    name += "" if args.tokenizer == "gpt2" else "_world"
     out_dir = Path(args.out_dir) if args.out_dir else Path("data") / (args.name or name)
     if already_prepared(out_dir, params, args.force):
         return out_dir
@@ -273,7 +282,7 @@ def prepare(args):
             "synthetic": f"synthetic smoke-test stories (generator seed {args.seed}), not TinyStories"
             }.get(params["source"], f"Hugging Face hub {args.hf_dataset} (train/validation splits)")
     write_dataset(out_dir, items, total, {"source": desc, "name": out_dir.name, "params": params}, args.num_proc,
-                  unique)
+                  unique, tokenizer)
     return out_dir
 
 

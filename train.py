@@ -39,6 +39,7 @@ from configurator import ConfigError, apply_config, format_help
 from data import DataError, get_batch, load_tokens
 from metrics import MetricsLog, peak_flops
 from model import GPTConfig, build_model
+from tokenizer import canonical
 
 # -----------------------------------------------------------------------------
 # default config values
@@ -50,7 +51,7 @@ eval_iters = 50
 eval_only = False  # if True, evaluate once and exit
 always_save_checkpoint = True  # if False, ckpt.pt is only written when val loss improves
 ckpt_interval = 500  # also write ckpt-<iter>.pt every this many steps (0: only at the end)
-init_from = 'scratch'  # 'scratch', 'resume', or a GPT-2 / RWKV-4 hub id or save_pretrained() directory
+init_from = 'scratch'  # 'scratch', 'resume', 'rwkv:FILE.pth' (official RWKV-7), a checkpoint's directory, or a GPT-2 / RWKV-4 hub id or save_pretrained() directory
 resume_ckpt = 'ckpt'  # with init_from='resume': which checkpoint in out_dir ('ckpt', 'ckpt-500', ...)
 dry_run = False  # build and check the configuration, print it, and exit
 # wandb logging
@@ -112,10 +113,12 @@ try:
     GPTConfig(**model_args)  # validates the architecture before anything starts
 except ValueError as e:
     die(e)
-if init_from not in ('scratch', 'resume'):
+rwkv_init = init_from.startswith('rwkv:') or os.path.isfile(os.path.join(init_from, 'ckpt.pt'))  # import_rwkv.py
+if init_from not in ('scratch', 'resume') and not rwkv_init:
     from pretrained import is_pretrained_name
     if not is_pretrained_name(init_from):
-        die(f"init_from must be 'scratch', 'resume', a GPT-2 / RWKV-4 hub id or a save_pretrained() directory, "
+        die(f"init_from must be 'scratch', 'resume', 'rwkv:FILE.pth', a checkpoint's directory, a GPT-2 / RWKV-4 hub "
+            f"id or a save_pretrained() directory, "
             f"got {init_from!r}")
 if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
@@ -180,6 +183,14 @@ elif init_from == 'resume':
             print(f"note: {k}={config[k]!r} ignored, the checkpoint has {v!r}")
     model_args = dataclasses.asdict(model.config)
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+elif rwkv_init:  # an official RWKV-7 .pth, imported in memory, or a checkpoint's weights: fine-tuning
+    from import_rwkv import RWKVImportError, load_for_training as load_rwkv
+    if master_process:
+        print(f"Initializing from the weights of {init_from}")
+    try:
+        model, model_args = load_rwkv(init_from, block_size, dropout)
+    except (RWKVImportError, CheckpointError) as e:
+        die(e)
 else:  # pretrained weights (pretrained.py; needs transformers): the architecture comes from the checkpoint
     from pretrained import PretrainedError, check_tokenizer, load_for_training
     if master_process:
@@ -198,8 +209,11 @@ data_dir = data_dir or os.path.join('data', dataset)
 try:
     train_data, val_data, meta = load_tokens(data_dir, vocab_size)
     splits = {'train': train_data, 'val': val_data}
-    if init_from not in ('scratch', 'resume'):
+    if init_from not in ('scratch', 'resume') and not rwkv_init:
         check_tokenizer(model, meta)  # e.g. RWKV-4 reads GPT-NeoX ids, not GPT-2's
+    if 'tokenizer' in model_args and canonical(meta['tokenizer']) != model_args['tokenizer']:
+        raise DataError(f"{data_dir} holds {meta['tokenizer']} token ids but the model reads {model_args['tokenizer']} "
+                        f"ones: prepare it with prepare_tinystories.py --tokenizer {model_args['tokenizer']}")
 except (DataError, ValueError) as e:
     die(e)
 for _name in ('train', 'val'):
