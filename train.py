@@ -307,7 +307,7 @@ def get_lr(it):
 def stop_non_finite(what):
     if master_process:
         print(f"error: non-finite {what} at iter {iter_num}; last good checkpoint: {last_ckpt}", file=sys.stderr, flush=True)
-    parallel.teardown()
+    parallel.teardown(exit_code=1)
     sys.exit(1)
 
 
