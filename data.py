@@ -88,8 +88,7 @@ def load_tokens(data_dir, vocab_size=None):
 
 
 def max_token(data, budget=1 << 26, chunk=1 << 20):
-    """The largest token id in a memmap: over all of it if it holds at most `budget` tokens (128 MB, a fraction
-    of a second), else over budget // chunk evenly spaced chunks, the first and the last included."""
+    """The largest token id in a memmap: over all of it if it holds at most `budget` tokens (128 MB), else over budget // chunk evenly spaced chunks, the first and the last included."""
     if len(data) <= budget:
         return int(data.max())
     starts = np.linspace(0, len(data) - chunk, budget // chunk).astype(np.int64)

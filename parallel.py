@@ -65,8 +65,8 @@ def teardown(exit_code=0):
     the whole job ("terminate called without an active exception"): wait first. Then exit at once, skipping
     Python's shutdown: once a model was wrapped in DistributedDataParallel, destroy_process_group() no longer
     ends the gloo process group's threads (without DDP it does), so they still run while the interpreter shuts
-    down, and a native thread that needs Python then is killed mid-call, which aborts the process with the
-    same message (one DDP run in about seven on a busy machine)."""
+    down, and a process that shuts down with them running can abort with the same message after its work is
+    done (rarely; more often on a busy machine)."""
     if active():
         dist.barrier()
         dist.destroy_process_group()
