@@ -289,8 +289,8 @@ def read_json(what, path):
             return json.load(f)
     except FileNotFoundError:
         raise AblateError(f"{what}: no such file") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise AblateError(f"{what}: cannot read it as JSON ({e})") from None
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 text
+        raise AblateError(f"{what}: cannot read it as JSON ({type(e).__name__}: {e})") from None
 
 
 def load_reference(name, path):
@@ -750,6 +750,9 @@ def main(argv=None):
                  "runs": ref["runs"]}
         entry["summary"] = summarize(entry, args.wall_clock)
         rows.append(entry)
+    if args.report_only and not any(variants[n]["runs"] for n in names):
+        raise AblateError(f"--report_only: no finished run of {', '.join(names)} (seeds {args.seeds}) in {out_dir}; "
+                          f"run the sweep first (the same command without --report_only), or give --include")
     os.makedirs(out_dir, exist_ok=True)
     par = sorted({(r.get("parallel"), r.get("threads"), r.get("device")) for v in variants.values() for r in v["runs"]
                   if r.get("parallel") is not None}, key=str)

@@ -63,13 +63,11 @@ Notes:
 """
 
 import argparse
-import contextlib
 import gc
 import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 
 import torch
@@ -77,6 +75,7 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, cast_weights, load_checkpoint
 from configurator import ConfigError, read_keys
+from metrics import save_figure, unwritable, write_atomic
 from model import GPTConfig, build_model
 
 MODELS = {  # benchmark name -> GPTConfig overrides on top of the run's shared architecture
@@ -169,27 +168,6 @@ def measure_bandwidth(device, mb=256, repeats=5):
         sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * src.nbytes / median(times)
-
-
-@contextlib.contextmanager
-def atomic_path(path, suffix=""):
-    """A temp path beside `path`, renamed to it when the block completes (removed if it fails)."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text(path, text):
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
 
 
 def rss_bytes():
@@ -391,9 +369,7 @@ def plot(all_rows, path, title, on_cuda):
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    ext = os.path.splitext(path)[1] or ".png"
-    with atomic_path(path, suffix=ext) as tmp:
-        fig.savefig(tmp, dpi=110, format=ext[1:])
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -468,6 +444,9 @@ def main(argv=None):
         parser.error("--max_new_tokens, --prompt_len, --batch_size and --repeats must be >= 1")
     if args.bandwidth_mb < 1 or (args.bandwidth is not None and args.bandwidth <= 0):
         parser.error("--bandwidth_mb and --bandwidth must be > 0")
+    for flag, path, directory in (("--out_dir", args.out_dir, True), ("--plot", args.plot, False)):
+        if path and (why := unwritable(path, directory)):
+            parser.error(f"{flag} {path}: {why}; give a writable {'directory' if directory else 'path'}")
     arch = architecture(args, parser)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
@@ -501,7 +480,7 @@ def main(argv=None):
                 for _ in range(args.repeats)]
         tok_s = [args.batch_size * len(r[0]) / r[0][-1]["cum_s"] for r in runs]
         rows, prefill_ms, stopped = runs[tok_s.index(median(tok_s))]
-        write_text(os.path.join(args.out_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+        write_atomic(os.path.join(args.out_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
         all_rows[name] = rows
         summaries.append(summarize(name, rows, params, prefill_ms, stopped, param_bytes, args.batch_size, tok_s))
         del model, step, runs
@@ -517,8 +496,8 @@ def main(argv=None):
             f"floor = (parameter bytes read + state bytes read) / memory bandwidth {bandwidth / 1e9:.2f} GB/s ({how}), "
             f"x floor = latency / floor\n{table}\n")
     print("\n" + text, end="")
-    write_text(os.path.join(args.out_dir, "summary.txt"), text)
-    write_text(os.path.join(args.out_dir, "summary.json"), json.dumps(
+    write_atomic(os.path.join(args.out_dir, "summary.txt"), text)
+    write_atomic(os.path.join(args.out_dir, "summary.json"), json.dumps(
         {"command": command, "device": str(device), "dtype": args.dtype, "threads": args.threads,
          "batch_size": args.batch_size, "repeats": args.repeats,
          "prompt_len": args.prompt_len, "max_new_tokens": max_new_tokens, "time_budget": time_budget,

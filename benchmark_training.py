@@ -51,12 +51,12 @@ import os
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
 from tqdm import tqdm
 
+from metrics import unwritable, write_atomic
 from model import GPTConfig, build_model
 
 RWKV_ONLY = dict(model_type="microrwkv", use_swa=False, use_gqa=False, use_moe=False)
@@ -239,20 +239,6 @@ class Run:
 # Output
 
 
-def write_atomic(path, text):
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def throughput_table(results):
     lines = [f"{'T':>6} {'model':>15} {'params':>8} {'batch':>5} {'tok/s median':>12} {'min':>9} {'max':>9} "
              f"{'vs gpt':>7} {'GFLOP/s':>8} {'ms/step':>9}"]
@@ -336,6 +322,9 @@ def main(argv=None):
         parser.error("--warmup must be >= 0 and --seq_lens >= 1")
     if args.compile and args.warmup < 1:
         parser.error("--compile needs --warmup >= 1 (the first step compiles)")
+    if args.tokens_per_step < max(args.seq_lens):  # a step is at least one whole sequence: the table would not match
+        parser.error(f"--tokens_per_step {args.tokens_per_step} is less than --seq_lens {max(args.seq_lens)}: give "
+                     f"--tokens_per_step >= {max(args.seq_lens)}")
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     configs = {}
     for seq_len in args.seq_lens:
@@ -355,6 +344,9 @@ def main(argv=None):
     except RuntimeError as e:
         parser.error(f"--device {args.device}: {e}")
     out_json = args.out_json or os.path.splitext(args.out)[0] + ".json"
+    for flag, path in (("--out", args.out), ("--out_json", out_json)):
+        if why := unwritable(path):  # before the benchmark, not after it
+            parser.error(f"{flag} {path}: {why}; give a writable path (default: out/benchmark_training.txt)")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

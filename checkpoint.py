@@ -61,6 +61,8 @@ def load_checkpoint(path, device="cpu", mmap=False):
         out_dir, name = os.path.split(path)
         found = ", ".join(checkpoint_names(out_dir or ".")) or "none (train one with `python train.py`)"
         raise CheckpointError(f"no checkpoint '{name.removesuffix('.pt')}' in {out_dir}; found: {found}")
+    if os.path.getsize(path) == 0:  # torch.load's own message for it is about mmap
+        raise CheckpointError(f"{path} is empty (0 bytes), not a MicroRWKV checkpoint")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:  # torch.load raises many types for a file that is not a torch zip archive
@@ -83,13 +85,19 @@ def model_from_checkpoint(ckpt, path="checkpoint", **overrides):
 
 
 def save_checkpoint(path, ckpt):
-    """torch.save(ckpt) to path atomically: a temp file, fsynced, then renamed over the old one."""
+    """torch.save(ckpt) to path atomically: a temp file, fsynced, then renamed over the old one. An error or
+    Ctrl-C mid-save removes the temp file (a kill cannot: the next save overwrites it)."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def rng_states(sampler, device):

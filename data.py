@@ -70,7 +70,11 @@ def load_tokens(data_dir, vocab_size=None):
     splits = []
     for split in ("train", "val"):
         path = data_dir / f"{split}.bin"
-        n = path.stat().st_size // 2 if path.is_file() else 0
+        size = path.stat().st_size if path.is_file() else 0
+        if size % 2:
+            raise DataError(f"{path} has an odd number of bytes ({size}), so it is not a file of uint16 token ids; "
+                            f"re-run prepare_tinystories.py with --force")
+        n = size // 2
         if n == 0 or n != meta.get(f"{split}_tokens"):
             raise DataError(f"{path} is missing or does not match meta.json ({n} tokens, meta says "
                             f"{meta.get(f'{split}_tokens')}); re-run prepare_tinystories.py with --force")
@@ -78,7 +82,19 @@ def load_tokens(data_dir, vocab_size=None):
     if vocab_size is not None and meta["vocab_size"] > vocab_size:
         raise DataError(f"{data_dir} uses {meta['tokenizer']} with {meta['vocab_size']} tokens but the model's "
                         f"vocab_size is {vocab_size}; set vocab_size >= {meta['vocab_size']} (e.g. 50304)")
+    for split, data in zip(("train", "val"), splits if vocab_size is not None else []):
+        if (top := max_token(data)) >= vocab_size:  # the embedding would fail mid-run, on whichever batch holds it
+            raise DataError(f"{data_dir / f'{split}.bin'} holds token id {top} but the model's vocab_size is "
+                            f"{vocab_size}; set vocab_size >= {top + 1}, or re-prepare the data")
     return splits[0], splits[1], meta
+
+
+def max_token(data, budget=1 << 26, chunk=1 << 20):
+    """The largest token id in a memmap: over all of it if it holds at most `budget` tokens (128 MB), else over budget // chunk evenly spaced chunks, the first and the last included."""
+    if len(data) <= budget:
+        return int(data.max())
+    starts = np.linspace(0, len(data) - chunk, budget // chunk).astype(np.int64)
+    return max(int(data[i:i + chunk].max()) for i in starts)
 
 
 def get_batch(data, block_size, batch_size, generator, device, rank=0, world_size=1):
@@ -151,7 +167,8 @@ def read_stories(path):
         raise DataError(f"{path}: not UTF-8 text ({e.reason} after line {lineno})") from None
     except json.JSONDecodeError as e:
         where = f"line {lineno}" if lineno else f"line {e.lineno}"
-        raise DataError(f"{path}: not valid JSON at {where} ({e.msg})") from None
+        raise DataError(f"{path}: not valid JSON at {where} ({e.msg}); expected one record per line (JSON Lines) "
+                        f"or one array of records, not an object spread over several lines") from None
 
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
@@ -242,6 +259,9 @@ def nonempty(story):
 def check_files(paths):
     """Fail early, before anything is written, on files that cannot be a source."""
     for p in map(Path, paths):
+        if p.is_dir():
+            raise DataError(f"{p}: is a directory; give the files in it (e.g. {p / '*.txt'}), each one of "
+                            f"{', '.join(FORMATS)}")
         if not p.is_file():
             raise DataError(f"{p}: no such file")
         if p.suffix not in FORMATS:

@@ -1,7 +1,8 @@
 """
 Training metrics: the out_dir/metrics.jsonl rows train.py writes and plot_metrics.py / ablate.py read, the
-peak FLOP/s that model FLOPs utilisation (MFU) is measured against, and the atomic figure writer the
-plotting scripts share.
+peak FLOP/s that model FLOPs utilisation (MFU) is measured against, and the output helpers every script
+shares: the check that an output path can be written (made before any work starts, so a long run never ends
+on a failed write) and the atomic writers (a temp file renamed when complete).
 
 Rows (one JSON object per line; every loss is cross-entropy in nats per token):
     per logged step   iter, train_loss, aux_loss (MoE load balancing, unweighted), lr, dt_ms, tok_s,
@@ -9,6 +10,7 @@ Rows (one JSON object per line; every loss is cross-entropy in nats per token):
     per evaluation    iter, eval_train, eval_val, tokens
 """
 
+import contextlib
 import json
 import os
 import tempfile
@@ -57,20 +59,59 @@ def steps_and_evals(path):
     return [r for r in rows if "train_loss" in r], [r for r in rows if "eval_val" in r]
 
 
-def save_figure(fig, path, dpi=120):
-    """A matplotlib figure to path (its format from the extension) through a temp file in the same directory,
-    renamed over it only when complete: an interrupted run never leaves half a picture."""
+def unwritable(path, directory=False):
+    """Why `path` (a file to write; with directory=True, a directory to write files into) cannot be written,
+    as one line, or None if it can. Checked before any work starts; leaves nothing behind: the folders that do
+    not exist yet are made by the writer, so a temp file is tried in the nearest one that does."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path) and not directory:
+        return f"{path} is a directory"
+    folder = path if directory else os.path.dirname(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return f"{folder} is a file, not a directory"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return f"cannot write in {folder} ({e.strerror})"
+    return None
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """A temp path beside `path`, renamed to it when the block completes (removed if it fails). The file
+    gets a normal file's mode (mkstemp makes it private)."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    ext = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=ext)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format=ext[1:])
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
+
+
+def write_atomic(path, text):
+    """`text` to path through atomic_path."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def save_figure(fig, path, dpi=120):
+    """A matplotlib figure to path (its format from the extension) through atomic_path: an interrupted run
+    never leaves half a picture."""
+    ext = os.path.splitext(path)[1] or ".png"
+    with atomic_path(path, suffix=ext) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=ext[1:])
 
 
 class MetricsLog:

@@ -4,6 +4,7 @@ needs. Without torchrun every function is the single-process identity, so train.
 """
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -58,9 +59,17 @@ def barrier():
         dist.barrier()
 
 
-def teardown():
-    """Leave the process group. Rank 0 may still be writing checkpoints, and a rank that tears gloo down while
-    its peers are connected aborts the whole job ("terminate called without an active exception"): wait first."""
+def teardown(exit_code=0):
+    """Leave the process group and, under torchrun, end the process with exit_code (without torchrun: return).
+    Rank 0 may still be writing checkpoints, and a rank that tears gloo down while its peers are connected aborts
+    the whole job ("terminate called without an active exception"): wait first. Then exit at once, skipping
+    Python's shutdown: once a model was wrapped in DistributedDataParallel, destroy_process_group() no longer
+    ends the gloo process group's threads (without DDP it does), so they still run while the interpreter shuts
+    down, and a process that shuts down with them running can abort with the same message after its work is
+    done (rarely; more often on a busy machine)."""
     if active():
         dist.barrier()
         dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)

@@ -25,7 +25,7 @@ import glob
 import os
 import sys
 
-from metrics import save_figure, steps_and_evals
+from metrics import save_figure, steps_and_evals, unwritable
 
 METRICS = "metrics.jsonl"
 
@@ -107,6 +107,8 @@ def main(argv=None):
         parser.error(f"{len(args.labels)} labels for {len(args.runs)} groups")
     if not 0.0 <= args.smooth < 1.0:
         parser.error("--smooth must be in [0, 1)")
+    if why := unwritable(args.out):
+        parser.error(f"--out {args.out}: {why}; give a writable path (default: out/loss_curves.png)")
 
     groups = []
     for i, pattern in enumerate(args.runs):
@@ -124,6 +126,10 @@ def main(argv=None):
             return 1
         except (KeyError, ValueError) as e:
             print(f"error: {pattern}: {e}", file=sys.stderr)
+            return 1
+        if not any(curves):
+            print(f"error: {pattern}: no step or evaluation rows in its {METRICS} (a run that has not logged yet); "
+                  f"give runs that have", file=sys.stderr)
             return 1
         groups.append((label, runs, curves))
 

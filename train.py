@@ -37,7 +37,7 @@ from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_
     restore_rng_states, rng_states, save_checkpoint
 from configurator import ConfigError, apply_config, format_help
 from data import DataError, get_batch, load_tokens
-from metrics import MetricsLog, peak_flops
+from metrics import MetricsLog, peak_flops, unwritable
 from model import GPTConfig, build_model
 from tokenizer import canonical
 
@@ -123,9 +123,24 @@ if init_from not in ('scratch', 'resume') and not rwkv_init:
 if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
 for _k, _min in (('max_iters', 0), ('ckpt_interval', 0), ('eval_iters', 1), ('log_interval', 1),
-                 ('eval_interval', 1), ('batch_size', 1), ('gradient_accumulation_steps', 1)):
+                 ('eval_interval', 1), ('batch_size', 1), ('gradient_accumulation_steps', 1), ('warmup_iters', 0)):
     if globals()[_k] < _min:
         die(f"{_k} must be >= {_min}, got {globals()[_k]}")
+# AdamW and the schedule: a negative rate or clip norm silently ascends the loss; AdamW rejects betas outside [0, 1)
+if not learning_rate > 0:
+    die(f"learning_rate must be > 0, got {learning_rate} (e.g. 6e-4)")
+for _k in ('beta1', 'beta2'):
+    if not 0 <= globals()[_k] < 1:
+        die(f"{_k} must be in [0, 1), got {globals()[_k]} (e.g. 0.9)")
+for _k, _why in (('weight_decay', ''), ('grad_clip', ' (0: no clipping)'), ('min_lr', '')):
+    if not globals()[_k] >= 0:
+        die(f"{_k} must be >= 0{_why}, got {globals()[_k]}")
+if decay_lr and min_lr > learning_rate:
+    die(f"min_lr ({min_lr}) must be <= learning_rate ({learning_rate}), e.g. --min_lr={learning_rate / 10:g}")
+try:
+    torch.device(device)
+except RuntimeError:
+    die(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1', 'mps', ...")
 ddp_world_size = int(os.environ.get('WORLD_SIZE', 1))
 if gradient_accumulation_steps % ddp_world_size != 0:
     die(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number of "
@@ -134,6 +149,10 @@ config = {k: globals()[k] for k in config_keys}  # useful for logging and the ch
 if dry_run:
     print(f"dry run: configuration valid for {ddp_world_size} process(es): {config}")
     sys.exit(0)
+if torch.device(device).type == 'cuda' and not torch.cuda.is_available():
+    die(f"device={device!r} but CUDA is not available; use --device=cpu")
+if not eval_only and (_why := unwritable(out_dir, directory=True)):  # before any work, not at the first checkpoint
+    die(f"out_dir={out_dir!r}: {_why}; choose another out_dir")
 if wandb_log and not eval_only and int(os.environ.get('RANK', 0)) == 0:
     try:
         import wandb  # only needed, and only imported, with wandb_log=True
@@ -148,7 +167,6 @@ gradient_accumulation_steps //= ddp_world_size  # each process does its share of
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
-    os.makedirs(out_dir, exist_ok=True)
 if num_threads > 0:
     torch.set_num_threads(num_threads)
 torch.manual_seed(seed + ddp_rank)  # dropout differs between processes
@@ -178,8 +196,9 @@ elif init_from == 'resume':
         model = model_from_checkpoint(checkpoint, ckpt_path, dropout=dropout)  # only dropout may change
     except CheckpointError as e:
         die(e)
+    _given = {a[2:].partition('=')[0] for a in sys.argv[1:] if a.startswith('--')}
     for k, v in checkpoint['model_args'].items():  # the architecture comes from the checkpoint
-        if master_process and k != 'dropout' and config.get(k, v) != v and config[k] != _defaults[k]:
+        if master_process and k != 'dropout' and config.get(k, v) != v and (config[k] != _defaults[k] or k in _given):
             print(f"note: {k}={config[k]!r} ignored, the checkpoint has {v!r}")
     model_args = dataclasses.asdict(model.config)
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
@@ -237,7 +256,12 @@ peak = peak_flops(device_name, dtype, peak_flops_per_s)
 scaler = torch.amp.GradScaler('cuda', enabled=(dtype == 'float16'))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, weight_decay_time)
 if checkpoint is not None:
-    optimizer.load_state_dict(checkpoint['optimizer'])
+    try:
+        optimizer.load_state_dict(checkpoint['optimizer'])
+    except (ValueError, KeyError):  # its parameter groups differ from this run's
+        _was = checkpoint.get('config', {}).get('weight_decay_time', False)
+        die(f"{ckpt_path}: its optimizer state does not fit this run's parameter groups; resume with "
+            + (f"--weight_decay_time={_was}" if _was != weight_decay_time else "the optimizer settings it was trained with"))
     if 'scaler' in checkpoint and scaler.is_enabled():
         scaler.load_state_dict(checkpoint['scaler'])
     # sampler and dropout RNG of this process: continue exactly where the checkpointed run was
@@ -297,7 +321,7 @@ def get_lr(it):
 def stop_non_finite(what):
     if master_process:
         print(f"error: non-finite {what} at iter {iter_num}; last good checkpoint: {last_ckpt}", file=sys.stderr, flush=True)
-    parallel.teardown()
+    parallel.teardown(exit_code=1)
     sys.exit(1)
 
 
@@ -314,6 +338,7 @@ def save(name, rng):
 
 metrics = None  # metrics.jsonl (and wandb): a resumed run keeps the rows up to its checkpoint
 if master_process and not eval_only:
+    os.makedirs(out_dir, exist_ok=True)  # only now: a run that fails on its data or model leaves no empty out_dir
     run = wandb.init(project=wandb_project, name=wandb_run_name, config=config, mode=wandb_mode or None) \
         if wandb_log else None
     metrics = MetricsLog(os.path.join(out_dir, 'metrics.jsonl'), iter_num if init_from == 'resume' else None, run)

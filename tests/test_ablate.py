@@ -185,6 +185,21 @@ def test_bad_input_is_one_line(args, message):
     assert res.stdout == ""
 
 
+def test_binary_include_is_one_line(tmp_path):
+    (tmp_path / "g").write_bytes(bytes(range(256)))
+    res = run_ablate("--variants", "rwkv", "--seeds", "1", "--include", tmp_path / "g", "--report_only")
+    assert res.returncode != 0 and re.match(rf"^error: --include {tmp_path / 'g'}: cannot read it as JSON "
+                                            r"\(UnicodeDecodeError: .*\)$", res.stderr.strip()), res.stderr
+
+
+def test_report_only_without_runs_is_an_error_not_an_empty_table(tmp_path):
+    res = run_ablate("--variants", "rwkv", "--seeds", "1", "--out_dir", tmp_path / "a", "--report_only")
+    assert res.returncode != 0 and res.stderr.strip() == (
+        f"error: --report_only: no finished run of rwkv (seeds 1) in {tmp_path / 'a'}; run the sweep first "
+        "(the same command without --report_only), or give --include")
+    assert not (tmp_path / "a").exists()
+
+
 def test_bad_reference_json(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"how": "x", "runs": [{"seed": 1}]}))

@@ -5,6 +5,7 @@ consistent, the memory floor counts the bytes the parameter shapes and states sa
 anything is."""
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -225,6 +226,17 @@ def test_bad_arguments(tmp_path, args):
         run(tmp_path, *args)
 
 
+@pytest.mark.parametrize("flag, path, message", [("--out_dir", "f", "is a file, not a directory"),
+                                                 ("--plot", "/proc/b.png", "cannot write in /proc")])
+def test_unwritable_output_fails_before_the_benchmark(tmp_path, capsys, monkeypatch, flag, path, message):
+    (tmp_path / "f").write_text("a file")
+    monkeypatch.setattr(bench, "measure_bandwidth", lambda *a: pytest.fail("the benchmark started"))
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, flag, str(tmp_path / path) if path == "f" else path)
+    assert e.value.code != 0 and f"error: {flag} " in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
 def assets_snapshot():
     return {p.name: p.stat().st_mtime_ns for p in (ROOT / "assets").iterdir()}
 
@@ -237,6 +249,10 @@ def test_inference_default_paths_are_under_out(tmp_path, monkeypatch):
     assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"rwkv.jsonl", "summary.txt", "summary.json"} <= {p.name for p in out.iterdir()}
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]  # temp files renamed away
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == dict.fromkeys(  # not mkstemp's 0600
+        ["benchmark.png", "rwkv.jsonl", "summary.txt", "summary.json"], 0o666 & ~umask)
     assert not (tmp_path / "assets").exists() and assets_snapshot() == before
 
 
@@ -368,6 +384,8 @@ def test_training_benchmark_models_take_turns(tmp_path, monkeypatch):
     (["--models", ""], "choose one or more of"),
     (["--repeats", "0"], "--repeats must be >= 1"),
     (["--n_embd", "48"], "bad model config"),
+    (["--seq_lens", "16", "--tokens_per_step", "8"], "--tokens_per_step 8 is less than --seq_lens 16"),
+    (["--out", "/proc/t.txt"], "--out /proc/t.txt: cannot write in /proc"),
 ])
 def test_training_benchmark_bad_arguments(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:

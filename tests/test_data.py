@@ -49,6 +49,34 @@ def test_load_tokens_errors(tmp_path):
         data.load_tokens(out)
 
 
+def test_load_tokens_names_an_odd_length_file(tmp_path):
+    write_small(tmp_path)
+    with open(tmp_path / "train.bin", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(data.DataError, match=f"^{tmp_path / 'train.bin'} has an odd number of bytes"):
+        data.load_tokens(tmp_path)
+
+
+def test_load_tokens_checks_the_largest_token_id(tmp_path):
+    write_small(tmp_path)
+    ids = np.memmap(tmp_path / "val.bin", dtype=np.uint16, mode="r+")
+    ids[len(ids) // 2] = 50304
+    ids.flush()
+    data.load_tokens(tmp_path, vocab_size=50305)
+    with pytest.raises(data.DataError, match=f"^{tmp_path / 'val.bin'} holds token id 50304 but the model's "
+                                             "vocab_size is 50304; set vocab_size >= 50305"):
+        data.load_tokens(tmp_path, vocab_size=50304)
+
+
+def test_max_token_of_a_big_file_scans_chunks_first_and_last_included():
+    ids = np.zeros(1000, dtype=np.uint16)
+    ids[999] = 7
+    assert data.max_token(ids, budget=100, chunk=10) == 7
+    ids[999], ids[0] = 0, 9
+    assert data.max_token(ids, budget=100, chunk=10) == 9
+    assert data.max_token(ids[:100], budget=100, chunk=10) == 9
+
+
 def test_interrupted_write_leaves_nothing(tmp_path, stories):
     def interrupted():
         for i in range(3000):

@@ -116,3 +116,19 @@ def test_labels_must_match_groups(tmp_path):
     with pytest.raises(SystemExit) as e:
         plot_metrics.main([str(run), "--labels", "A", "B", "--out", str(tmp_path / "x.png")])
     assert e.value.code == 2
+
+
+def test_run_without_rows_is_an_error_not_an_empty_plot(tmp_path, capsys):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "metrics.jsonl").write_text("")
+    assert plot_metrics.main([str(tmp_path / "e"), "--out", str(tmp_path / "e.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'e'}: no step or evaluation rows") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e.png").exists()
+
+
+def test_unwritable_out_fails_before_reading_the_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(plot_metrics, "group_curves", lambda *a: pytest.fail("read the runs first"))
+    with pytest.raises(SystemExit) as e:
+        plot_metrics.main([str(write_run(tmp_path / "a", seed=0)), "--out", "/proc/m.png"])
+    assert e.value.code == 2 and "error: --out /proc/m.png: cannot write in /proc" in capsys.readouterr().err

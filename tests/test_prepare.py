@@ -150,6 +150,8 @@ def _bad_inputs(tmp):
     (tmp / "nofield.jsonl").write_text('{"text": "ok"}\n{"title": "no story here"}\n')
     (tmp / "broken.json").write_text('[{"text": "ok"}, {"text": ')
     (tmp / "one.txt").write_text(good)
+    (tmp / "pretty.json").write_text(json.dumps({"text": "once upon a time"}, indent=2))
+    (tmp / "stories").mkdir()
     (tmp / "good.txt").write_text(good * 5)
     return {
         "missing": (["--source", tmp / "nope.txt"], "no such file"),
@@ -161,11 +163,15 @@ def _bad_inputs(tmp):
         "bad json": (["--source", tmp / "broken.json"], "not valid JSON"),
         "empty val": (["--source", tmp / "good.txt", "--val_source", tmp / "empty.txt"], "file is empty"),
         "too few to split": (["--source", tmp / "one.txt"], "cannot split 1 stories"),
+        "pretty object": (["--source", tmp / "pretty.json"], "line 1 (Expecting property name enclosed in double "
+                          "quotes); expected one record per line (JSON Lines) or one array of records"),
+        "directory": (["--source", tmp / "stories"], f"{tmp / 'stories'}: is a directory; give the files in it"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "no stories", "unknown format", "undecodable",
-                                  "no text field", "bad json", "empty val", "too few to split"])
+                                  "no text field", "bad json", "empty val", "too few to split", "pretty object",
+                                  "directory"])
 def test_bad_input(tmp_path, capsys, case):
     argv, message = _bad_inputs(tmp_path)[case]
     out = tmp_path / "data" / "x"

@@ -203,6 +203,21 @@ def test_kill_during_save_keeps_previous_checkpoint(data_dir, tmp_path):
     assert sorted(metrics(out)[1]) == list(range(1, 13))
 
 
+def test_interrupted_save_removes_its_temp_file(tmp_path, monkeypatch):
+    """Ctrl-C (or an error) mid-save: the previous checkpoint stays, and no 40 MB ckpt.pt.tmp is left behind."""
+    import checkpoint
+    path = str(tmp_path / "ckpt.pt")
+    checkpoint.save_checkpoint(path, {"iter_num": 1})
+
+    def interrupted(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 part of a checkpoint")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(path, {"iter_num": 2})
+    assert os.listdir(tmp_path) == ["ckpt.pt"] and load(path)["iter_num"] == 1
+
+
 def test_non_finite_loss_stops_and_keeps_checkpoints(data_dir, tmp_path):
     out = tmp_path / "out"
     proc = train(out, data_dir, "--max_iters=12", "--eval_interval=100", "--ckpt_interval=3", driver=True,
@@ -221,6 +236,7 @@ def test_missing_data_is_a_one_line_error(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.startswith(f"error: no prepared dataset in {tmp_path / 'no_data'}")
     assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # no empty out_dir left behind
 
 
 def test_wandb_missing_is_a_clear_error(data_dir, tmp_path):
@@ -316,14 +332,55 @@ def test_reported_losses_are_cross_entropy_without_the_aux_loss(data_dir, tmp_pa
     assert first_eval[5.0]["eval_val"] == pytest.approx(first_eval[0.0]["eval_val"], abs=1e-5)
 
 
-def test_corrupt_checkpoint_on_resume_is_a_one_line_error(data_dir, tmp_path):
+@pytest.mark.parametrize("content, message", [(b"PK\x03\x04 not really a checkpoint", "is not a MicroRWKV checkpoint ("),
+                                              (b"", "is empty (0 bytes), not a MicroRWKV checkpoint")])
+def test_corrupt_checkpoint_on_resume_is_a_one_line_error(data_dir, tmp_path, content, message):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "ckpt.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    (out / "ckpt.pt").write_bytes(content)
     proc = train(out, data_dir, "--max_iters=2", "--init_from=resume", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().startswith(f"error: {out / 'ckpt.pt'} is not a MicroRWKV checkpoint")
+    assert proc.stderr.strip().startswith(f"error: {out / 'ckpt.pt'} {message}")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_resume_with_another_optimizer_layout_is_a_one_line_error(resumed, data_dir):
+    full, _ = resumed  # trained with weight_decay_time=False: time_faaaa sits in the no-decay group
+    proc = train(full, data_dir, "--init_from=resume", "--max_iters=13", "--weight_decay_time=True", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: {full / 'ckpt.pt'}: its optimizer state does not fit this run's parameter groups; resume with "
+        "--weight_decay_time=False")
+
+
+def test_resume_notes_a_model_type_given_but_ignored(data_dir, tmp_path):
+    train(tmp_path, data_dir, "--model_type=gpt", "--max_iters=1", "--eval_interval=1")
+    proc = train(tmp_path, data_dir, "--model_type=microrwkv", "--init_from=resume", "--max_iters=1")
+    assert "note: model_type='microrwkv' ignored, the checkpoint has 'gpt'" in proc.stdout
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--grad_clip=-1", "grad_clip must be >= 0 (0: no clipping), got -1.0"),
+    ("--learning_rate=-1", "learning_rate must be > 0, got -1.0"),
+    ("--beta1=1.5", "beta1 must be in [0, 1), got 1.5"),
+    ("--weight_decay=-0.1", "weight_decay must be >= 0, got -0.1"),
+    ("--warmup_iters=-1", "warmup_iters must be >= 0, got -1"),
+    ("--min_lr=0.1", "min_lr (0.1) must be <= learning_rate (0.01), e.g. --min_lr=0.001"),
+    ("--device=gpu", "device='gpu' is not a torch device; use 'cpu', 'cuda'"),
+    ("--device=cuda", "device='cuda' but CUDA is not available; use --device=cpu"),
+])
+def test_bad_optimizer_setting_or_device_is_a_one_line_error(arg, message, data_dir, tmp_path):
+    if "cuda" in arg and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")  # CI's machines have none
+    proc = train(tmp_path / "out", data_dir, "--max_iters=2", arg, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: {message}"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_out_dir_that_is_a_file_is_a_one_line_error(data_dir, tmp_path):
+    (tmp_path / "o").write_text("a file")
+    proc = train(tmp_path / "o", data_dir, "--max_iters=2", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: out_dir='{tmp_path / 'o'}': {tmp_path / 'o'} is a file, not a directory; choose another out_dir")
 
 
 @pytest.mark.parametrize("args, needle", [
