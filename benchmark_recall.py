@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -213,6 +214,11 @@ def summarize(runs):
     return rows
 
 
+def layout_letters(name):
+    """The per-layer letters of a layout, as one repeating group (GPT: global attention everywhere)."""
+    return LAYOUTS[name].get("layers", "G" if name == "gpt" else "R")
+
+
 def format_table(rows):
     keys = [f"{s}x{p}" for s, p in TEST_SETTINGS]
     main = f"{MAIN[0]}x{MAIN[1]}"
@@ -223,7 +229,7 @@ def format_table(rows):
         c = r["cells"]
         acc = [("n/a" if c[k] is None else f"{c[k]['acc']:.3f}") for k in keys]
         near, far = c[main]["acc_near"], c[main]["acc_far"]
-        layers = LAYOUTS[r["model"]].get("layers", "G" if r["model"] == "gpt" else "R")
+        layers = layout_letters(r["model"])
         lines.append(f"| {r['model']} | {layers} | {r['params'] / 1e6:.2f}M | {r['state_bytes'] / 1024:.1f} | "
                      f"{r['lr']:g} ({', '.join(f'{x:g}' for x in r['lrs_tried'])}) | {len(r['seeds'])} | "
                      + " | ".join(acc) + f" | {near:.3f} / {far:.3f} |")
@@ -249,7 +255,7 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def report(out_dir):
+def report(out_dir, assets=None, command=""):
     runs = load_runs(out_dir)
     if not runs:
         raise SystemExit(f"error: no finished runs in {os.path.join(out_dir, 'runs')}: run some models first")
@@ -258,8 +264,14 @@ def report(out_dir):
     with open(os.path.join(out_dir, "recall_table.md.tmp"), "w") as f:
         f.write(table)
     os.replace(os.path.join(out_dir, "recall_table.md.tmp"), os.path.join(out_dir, "recall_table.md"))
-    atomic_json(os.path.join(out_dir, "recall_runs.json"), dict(summary=rows, runs=runs))
+    run_commands = sorted({r["command"] for r in runs if r.get("command")})
+    atomic_json(os.path.join(out_dir, "recall_runs.json"), dict(command=command, run_commands=run_commands,
+                                                                summary=rows, runs=runs))
     plot(rows, os.path.join(out_dir, "recall_vs_state.png"))
+    if assets:  # the study page's raw outputs (its tables are regenerated from recall_runs.json by tools/tables.py)
+        os.makedirs(assets, exist_ok=True)
+        for name in ("recall_table.md", "recall_runs.json", "recall_vs_state.png"):
+            shutil.copyfile(os.path.join(out_dir, name), os.path.join(assets, name))
     print(table)
 
 
@@ -286,7 +298,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out_dir", default="out/recall")
     p.add_argument("--report_only", action="store_true", help="only write the table and plot from OUT/runs")
+    p.add_argument("--assets", default=None, help="also copy the table, the JSON and the plot into this folder")
     args = p.parse_args(argv)
+    command = " ".join(["python benchmark_recall.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         models, lrs, seeds = parse_list(args.models, str), parse_list(args.lrs, float), parse_list(args.seeds, int)
     except ValueError as e:
@@ -297,8 +311,10 @@ def main(argv=None):
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise SystemExit(f"error: --out_dir {args.out_dir} is a file; give a directory")
     os.makedirs(os.path.join(args.out_dir, "runs"), exist_ok=True)
+    if args.assets and os.path.exists(args.assets) and not os.path.isdir(args.assets):
+        raise SystemExit(f"error: --assets {args.assets} is a file; give a directory")
     if args.report_only:
-        return report(args.out_dir)
+        return report(args.out_dir, args.assets, command)
     try:
         for name in models:
             model_config(name, args, 512)
@@ -310,12 +326,12 @@ def main(argv=None):
         path = run_path(args.out_dir, name, lr, seed, args)
         if os.path.exists(path):
             continue
-        run = train_one(name, lr, seed, args)
+        run = dict(train_one(name, lr, seed, args), command=command)
         atomic_json(path, run)
         main_acc = run["results"][f"{MAIN[0]}x{MAIN[1]}"]["acc"]
         tqdm.write(f"{name} lr={lr:g} seed={seed}: acc {main_acc:.3f} at {MAIN[0]}/{MAIN[1]}, "
                    f"{run['train_s']:.0f} s", file=sys.stderr)
-    report(args.out_dir)
+    report(args.out_dir, args.assets, command)
 
 
 if __name__ == "__main__":

@@ -206,6 +206,7 @@ def main(argv=None):
     print(f"ratio of medians to the runtime: generate.py {report['ratio_vs_runtime']['generate.py']:.2f}x, "
           f"best ({args.best_dtype}) {report['ratio_vs_runtime']['best']:.2f}x")
     out = os.path.join(args.out_dir, "benchmark_rwkv_runtime.json")
+    report = {"command": " ".join(["python benchmark_rwkv_runtime.py", *sys.argv[1:]]), **report}
     with open(out + ".tmp", "w") as f:
         json.dump(report, f, indent=1)
     os.replace(out + ".tmp", out)

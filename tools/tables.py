@@ -255,6 +255,90 @@ def recall():
     return benchmark_recall.format_table(benchmark_recall.summarize(load("assets/recall/recall_runs.json")["runs"]))
 
 
+def recall_compact():
+    """The README's MQAR table: the main setting, near and far keys, the longest test, and state size."""
+    import benchmark_recall
+    rows = benchmark_recall.summarize(load("assets/recall/recall_runs.json")["runs"])
+    main = "{}x{}".format(*benchmark_recall.MAIN)
+    longest = "{}x{}".format(*benchmark_recall.TEST_SETTINGS[-1])
+    acc = lambda cell, key="acc": "n/a" if cell is None or cell[key] is None else f"{cell[key]:.3f}"
+    return table(["model (`layers`)", "state after 512 tokens", "accuracy, 512 tokens / 64 pairs",
+                  "key within / beyond the SWA window", "2,048 tokens / 64 pairs", "seeds"],
+                 [[f"`{r['model']}` ({benchmark_recall.layout_letters(r['model'])})", f"{r['state_bytes'] / 1024:,.0f} KiB",
+                   acc(r["cells"][main]), f"{acc(r['cells'][main], 'acc_near')} / {acc(r['cells'][main], 'acc_far')}",
+                   acc(r["cells"][longest]), len(r["seeds"])] for r in rows])
+
+
+# ----------------------------------------------------------------------------------------------------
+# tools/count_ops.py and benchmark_training.py: TimeMix without a loop over chunks
+
+
+def op_counts(name):
+    """{(version, kind): [count at each T]} and the T's, from a count_ops.py output."""
+    lines = open(os.path.join(ROOT, "assets/timemix_loopfree", name)).read().splitlines()
+    head = next(line for line in lines if line.startswith("version"))
+    Ts = [int(t) for t in re.findall(r"T=(\d+)", head.split("ratios")[0])]
+    counts = {}
+    for line in lines[lines.index(head) + 1:]:
+        version, _, kind, *rest = line.split()
+        counts[(version, kind)] = [int(x) for x in rest[:len(Ts)]]
+    return Ts, counts
+
+
+def loopfree_ops():
+    Ts, before = op_counts("count_ops_main.txt")
+    _, after = op_counts("count_ops_branch.txt")
+    i256, i1024 = Ts.index(256), Ts.index(1024)
+    rows = [[v, kind, *(f"{c[i256]} → {c[i1024]} ({c[i1024] / c[i256]:.3f}×)" for c in (before[(v, kind)], after[(v, kind)]))]
+            for v, kind in before]
+    return table(["version", "operators", "loop over chunks: T=256 → 1024 (ratio)", "no loop: T=256 → 1024 (ratio)"], rows)
+
+
+def loopfree_speed():
+    def at(name):
+        return {r["model"]: r for r in load(f"assets/timemix_loopfree/benchmark_training_cpu_{name}.json")["results"]}
+    before, after = at("main"), at("branch")
+    cell = lambda r: f"{r['tokens_per_s']['median']:,.0f} ({r['vs_gpt']:.2f}×)"
+    return table(["model, T = 1024", "loop over chunks: tok/s (× GPT)", "no loop: tok/s (× GPT)", "change of the ratio to GPT"],
+                 [[MODELS[m], cell(before[m]), cell(after[m]), f"{after[m]['vs_gpt'] / before[m]['vs_gpt']:.2f}×"]
+                  for m in before if m != "gpt"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# benchmark_rwkv_runtime.py
+
+
+def rwkv_runtime():
+    d = load("assets/rwkv7_import/benchmark_rwkv_runtime.json")
+    c, g, tok = d["config"], d["greedy"], d["decode_tok_s"]
+    ratio = d["ratio_vs_runtime"]
+    return table(["check (a random RWKV-7 file of the 0.1B shape, float32)", "result"], [
+        [f"logits, whole sequence, max relative error ({c['n_layer']} x {c['n_embd']}, vocabulary {c['vocab_size']:,})",
+         f"{d['rel_err']['sequence']:.1e}"],
+        ["logits, token by token, max relative error", f"{d['rel_err']['token_by_token']:.1e}"],
+        ["greedy tokens identical to the runtime's", f"{g['identical_prefix']} of {g['n']}"],
+        [f"decoding tokens/s, batch 1, {d['threads']} threads: generate.py / the runtime (`cpu fp32`), median of 3",
+         f"{ratio['generate.py']:.2f}× ({tok['generate.py']['median']:.2f} / {tok['runtime']['median']:.2f})"]])
+
+
+def rwkv_runtime_decode():
+    d = load("assets/rwkv7_import/benchmark_rwkv_runtime.json")
+    names = {"runtime": "rwkv runtime, `cpu fp32`", "generate.py": "ours, generate.py float32",
+             "best": f"ours, generate.py --dtype {d['best_dtype']}"}
+    runtime = d["decode_tok_s"]["runtime"]["median"]
+    return table(["decode path", "tokens/s, median", "min", "max", "× the runtime"],
+                 [[names[k], f"{v['median']:.2f}", f"{v['min']:.2f}", f"{v['max']:.2f}", f"{v['median'] / runtime:.2f}×"]
+                  for k, v in d["decode_tok_s"].items()])
+
+
+def rwkv_finetune():
+    text = open(os.path.join(ROOT, "assets/rwkv7_import/finetune.txt")).read()
+    evals = re.findall(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)", text)
+    rows = [[f"{int(s)}" + (" (imported)" if s == "0" else ""), f"{float(t):.3f}", f"{float(v):.3f}"] for s, t, v in evals]
+    drop = float(evals[0][2]) - float(evals[-1][2])
+    return table(["step", "train loss", "val loss"], rows) + f"\nThe val loss falls by {drop:.2f} nats in {evals[-1][0]} steps.\n"
+
+
 # ----------------------------------------------------------------------------------------------------
 
 
