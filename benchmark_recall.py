@@ -99,9 +99,9 @@ def key_distances(inputs, targets):
 
 def model_config(name, args, block_size):
     layout = dict(LAYOUTS[name])
-    letters = layout.pop("layers", "")
-    layers = (letters * args.n_layer)[:args.n_layer] if len(letters) == 1 else letters * (args.n_layer // max(len(letters), 1))
-    if letters and len(layers) != args.n_layer:
+    letters = layout.pop("layers", "")  # one repeating group of layers
+    layers = letters * (args.n_layer // len(letters)) if letters else ""
+    if len(layers) != (args.n_layer if letters else 0):
         raise ValueError(f"layout {name} ({letters}) needs n_layer to be a multiple of {len(letters)}")
     base = dict(block_size=block_size, vocab_size=args.vocab_size, n_layer=args.n_layer, n_embd=args.d_model,
                 n_head=args.d_model // args.head_size, head_size=args.head_size, window_size=args.window_size,
@@ -190,7 +190,12 @@ def load_runs(out_dir):
     runs_dir = os.path.join(out_dir, "runs")
     if not os.path.isdir(runs_dir):
         return []
-    return [json.load(open(os.path.join(runs_dir, f))) for f in sorted(os.listdir(runs_dir)) if f.endswith(".json")]
+    runs = []
+    for name in sorted(os.listdir(runs_dir)):
+        if name.endswith(".json"):
+            with open(os.path.join(runs_dir, name)) as f:
+                runs.append(json.load(f))
+    return runs
 
 
 def summarize(runs):
@@ -324,7 +329,14 @@ def main(argv=None):
     jobs = [(m, lr, s) for s in seeds for m in models for lr in lrs]
     for name, lr, seed in tqdm(jobs, desc="runs", file=sys.stderr):
         path = run_path(args.out_dir, name, lr, seed, args)
-        if os.path.exists(path):
+        if os.path.exists(path):  # a finished run: reuse it only if it was made with this task and model
+            with open(path) as f:
+                saved = json.load(f)["config"]
+            wanted = vars(model_config(name, args, saved["block_size"]))
+            differ = [k for k in saved if k in wanted and saved[k] != wanted[k]]  # fields added since: defaults
+            if differ:
+                raise SystemExit(f"error: {path} was made with other settings ({', '.join(differ)}); "
+                                 f"use another --out_dir")
             continue
         run = dict(train_one(name, lr, seed, args), command=command)
         atomic_json(path, run)

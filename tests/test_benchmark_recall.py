@@ -111,3 +111,7 @@ def test_a_tiny_sweep_writes_runs_a_table_and_a_plot(tmp_path, monkeypatch):
     assert hybrid["state_bytes"] == (2 * 512 * 64 + 4 * (2 * 64 + 64 * 64)) * 4
     assert "| rwkv7-gqa4 | RRRG |" in (out / "recall_table.md").read_text()
     assert (out / "recall_vs_state.png").stat().st_size > 0
+    # a finished run is reused only for the same task and model
+    with pytest.raises(SystemExit, match="vocab_size"):
+        benchmark_recall.main(["--models", "gpt", "--d_model", "64", "--steps", "2", "--tokens_per_step", "64",
+                               "--lrs", "1e-3", "--vocab_size", "256", "--out_dir", str(out)])
