@@ -62,7 +62,7 @@ import torch
 
 import tokenizer
 from checkpoint import INIT_ONLY_FIELDS, CheckpointError, cast_weights, checkpoint_path, load_checkpoint, \
-    model_from_checkpoint, one_line
+    model_from_checkpoint, one_line, save_checkpoint
 from model import GPTConfig, KVCache, LayerState, TimeMixState, sample
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -259,16 +259,9 @@ def save_state(path, model, weights, checkpoint, dtype, prompt, prompt_ids, logi
             "checkpoint": checkpoint, "dtype": dtype, "prompt": prompt, "n_prompt_tokens": len(prompt_ids),
             "prompt_tokens": torch.tensor(prompt_ids, dtype=torch.long), "logits": logits.detach().float().cpu(),
             "state": plain(state)}
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        save_checkpoint(path, data)  # atomic: a temp file, fsynced, renamed; removed on failure
     except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         die(f"cannot write --save_state {path} ({one_line(e)})")
 
 
