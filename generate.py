@@ -53,7 +53,6 @@ import argparse
 import codecs
 import hashlib
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, fields
