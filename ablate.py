@@ -82,6 +82,8 @@ VARIANTS = {
     "rwkv7": {"rwkv_version": "x070", "chunk_len": 16},  # RWKV-7 (x070) TimeMix and ChannelMix instead of x051a's
     "rwkv7-ln-emb-1": {"rwkv_version": "x070", "chunk_len": 16, "ln_emb_init": 1.0},  # the same with ln0's gain starting at 1
     "full7": {"rwkv_version": "x070", "chunk_len": 16, "use_swa": True, "use_gqa": True, "use_moe": True},  # the full layer with RWKV-7 blocks
+    "rwkv7-gqa4": {"rwkv_version": "x070", "chunk_len": 16, "layers": "RRRG"},  # RWKV-7 with GQA (4q/2kv) in the last of 4 layers only: one global attention layer in four
+    "rwkv7-gqa2": {"rwkv_version": "x070", "chunk_len": 16, "layers": "RGRG"},  # RWKV-7 with GQA in every second layer
 }
 
 RECIPE = os.path.join(ROOT, "config", "ablate_recipe.py")
