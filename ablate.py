@@ -92,6 +92,7 @@ PAGE_BEGIN, PAGE_END = "<!-- ablate.py: begin (the command and its table, rewrit
     "<!-- ablate.py: end -->"
 OUTPUTS = ("ablate_table.md", "ablate_runs.json", "ablate_val_curves.png")
 RUN_SPEC = "ablate_run.json"  # in each run directory: the arguments it was started with, and its timing
+POS_LOSS = "pos_loss.json"  # in each run directory, with --pos_buckets: the final model's val CE by position
 
 
 class AblateError(Exception):
@@ -276,12 +277,49 @@ def summarize_run(run_dir, seed, max_iters):
         "curve": curve,
     }
     try:
+        with open(os.path.join(run_dir, POS_LOSS)) as f:
+            run["val_by_pos"] = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        pass
+    try:
         with open(os.path.join(run_dir, RUN_SPEC)) as f:
             spec = json.load(f)
         run.update({k: spec[k] for k in ("process_s", "threads", "parallel", "device") if k in spec})
     except (OSError, json.JSONDecodeError):
         pass
     return run
+
+
+def position_losses(run_dir, cfg, seed, edges, threads=0):
+    """Val cross-entropy of a run's final checkpoint by position in the context, averaged over the buckets
+    [0, e1), [e1, e2), ..., [ek, block_size): on the val batches of train.py's evaluation (the same generator
+    seed, so the bucket means weighted by width give its final val loss). Written to the run's POS_LOSS."""
+    import torch
+    import torch.nn.functional as F
+    sys.path.insert(0, ROOT)
+    from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+    from data import get_batch, load_tokens
+    if threads:
+        torch.set_num_threads(threads)
+    T, B = cfg["block_size"], cfg["batch_size"]
+    try:
+        model = model_from_checkpoint(load_checkpoint(os.path.join(run_dir, f"ckpt-{cfg['max_iters']}.pt"))).eval()
+    except CheckpointError:
+        return None
+    _, val, _ = load_tokens(cfg.get("data_dir") or os.path.join("data", cfg["dataset"]), cfg["vocab_size"])
+    gen = torch.Generator().manual_seed(seed + 7_919 * 2)  # train.py's val generator
+    total = torch.zeros(T, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(cfg["eval_iters"]):
+            x, y = get_batch(val, T, B, gen, "cpu")
+            logits = model(x, y)[0]  # with targets: the logits of every position
+            total += F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").double().sum(0)
+    per_pos = total / (cfg["eval_iters"] * B)
+    bounds = [0, *[e for e in edges if 0 < e < T], T]
+    out = {"edges": bounds, "val_ce": [per_pos[a:b].mean().item() for a, b in zip(bounds, bounds[1:])]}
+    with open(os.path.join(run_dir, POS_LOSS), "w") as f:
+        json.dump(out, f)
+    return out
 
 
 def read_json(what, path):
@@ -338,6 +376,10 @@ def summarize(entry, wall_clock):
     for key in ("train_s", "wall_s"):
         xs = [r[key] for r in runs if r.get(key) is not None]
         s[key] = statistics.fmean(xs) if xs else None
+    by_pos = [r["val_by_pos"] for r in runs if r.get("val_by_pos")]
+    if by_pos and all(p["edges"] == by_pos[0]["edges"] for p in by_pos):
+        s["val_by_pos"] = {"edges": by_pos[0]["edges"], "n": len(by_pos),
+                           "val_ce": [statistics.fmean(p["val_ce"][i] for p in by_pos) for i in range(len(by_pos[0]["val_ce"]))]}
     if wall_clock is not None:
         at = []
         for r in runs:
@@ -367,6 +409,9 @@ def make_table(rows, baseline, wall_clock, note):
             f"Δ vs {baseline}" if base is not None else "Δ", "seeds", "tok/s (median)", "train s", "wall s"]
     if wall_clock is not None:
         head.append(f"val @ {wall_clock:g} train s")
+    edges = next((r["summary"]["val_by_pos"]["edges"] for r in rows if r["summary"].get("val_by_pos")), None)
+    if edges:
+        head.append("val CE at positions " + " / ".join(f"{a}-{b}" for a, b in zip(edges, edges[1:])))
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         s = r["summary"]
@@ -378,6 +423,9 @@ def make_table(rows, baseline, wall_clock, note):
                  fmt_num(s["tok_s"], ",.0f"), fmt_secs(s["train_s"]), fmt_secs(s["wall_s"])]
         if wall_clock is not None:
             cells.append(fmt_num(s.get("val_at_wall_clock"), ".4f"))
+        if edges:
+            p = s.get("val_by_pos")
+            cells.append(" / ".join(f"{v:.4f}" for v in p["val_ce"]) if p and p["edges"] == edges else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
@@ -484,8 +532,8 @@ def write_page_section(path, command, table):
 class Sweep:
     """Runs the pending train.py processes, at most `parallel` at once, with a tqdm bar over steps."""
 
-    def __init__(self, jobs, parallel, keep_ckpt):
-        self.jobs, self.parallel, self.keep_ckpt = jobs, parallel, keep_ckpt
+    def __init__(self, jobs, parallel, keep_ckpt, pos_buckets=()):
+        self.jobs, self.parallel, self.keep_ckpt, self.pos_buckets = jobs, parallel, keep_ckpt, pos_buckets
         self.failed = []
 
     def start(self, job):
@@ -519,6 +567,8 @@ class Sweep:
                 "parallel": self.parallel, "device": job["device"], "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         with open(os.path.join(job["run_dir"], RUN_SPEC), "w") as f:
             json.dump(spec, f, indent=1)
+        if self.pos_buckets:
+            position_losses(job["run_dir"], job["config"], job["seed"], self.pos_buckets, job["threads"])
         if not self.keep_ckpt:
             for fn in os.listdir(job["run_dir"]):
                 if re.fullmatch(r"ckpt(-\d+)?\.pt(\.tmp)?", fn):
@@ -593,6 +643,9 @@ def parse_args(argv):
     p.add_argument("--assets", default=None, metavar="DIR", help="also copy the table, JSON and plot into DIR")
     p.add_argument("--report_only", action="store_true", help="run nothing: tabulate the finished runs")
     p.add_argument("--keep_ckpt", action="store_true", help="keep each run's checkpoints (default: delete them)")
+    p.add_argument("--pos_buckets", default="", metavar="E1,E2,...",
+                   help="also report the final model's val CE by position in the context, in the buckets these "
+                        "positions bound (e.g. 128,512 at block_size 1024: 0-128, 128-512, 512-1024)")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--title", default=None, help="plot title (default: the dataset and the number of steps)")
     args, extra = p.parse_known_args(argv)
@@ -624,6 +677,12 @@ def main(argv=None):
         raise AblateError(f"--seeds must be distinct integers, got {args.seeds!r}")
     if args.parallel < 1 or args.threads < 0:
         raise AblateError("--parallel must be >= 1 and --threads >= 0")
+    try:
+        pos_buckets = sorted({int(e) for e in args.pos_buckets.split(",") if e.strip()})
+    except ValueError:
+        raise AblateError(f"--pos_buckets must be comma-separated positions, got {args.pos_buckets!r}") from None
+    if any(e <= 0 for e in pos_buckets):
+        raise AblateError(f"--pos_buckets must be positive positions, got {args.pos_buckets!r}")
     if not os.path.isfile(args.recipe):
         raise AblateError(f"recipe not found: {args.recipe}")
     for a in extra:
@@ -721,7 +780,7 @@ def main(argv=None):
                  if jobs else ""), flush=True)
         if jobs:
             jobs.sort(key=lambda job: seeds.index(job["seed"]))  # seed by seed: a cut-short sweep has every variant once
-            sweep = Sweep(jobs, args.parallel, args.keep_ckpt)
+            sweep = Sweep(jobs, args.parallel, args.keep_ckpt, pos_buckets)
             try:
                 sweep.run()
             except KeyboardInterrupt:
@@ -742,6 +801,11 @@ def main(argv=None):
             if args.report_only and run_dir in stale:
                 continue
             run = summarize_run(run_dir, seed, v["max_iters"])
+            if run is not None and pos_buckets and (run.get("val_by_pos") or {}).get("edges") != \
+                    [0, *[e for e in pos_buckets if 0 < e < v["config"]["block_size"]], v["config"]["block_size"]]:
+                measured = position_losses(run_dir, v["config"], seed, pos_buckets, threads)
+                if measured:
+                    run["val_by_pos"] = measured
             if run is not None:
                 v["runs"].append(run)
         v["summary"] = summarize(v, args.wall_clock)

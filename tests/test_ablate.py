@@ -165,6 +165,26 @@ def test_include_takes_runs_from_an_earlier_sweep(sweep, tmp_path):
     assert res.returncode != 0 and "made with recipe 'config/other.py'" in res.stderr
 
 
+def test_val_loss_by_position_adds_up_to_the_final_val_loss(sweep):
+    """--pos_buckets evaluates the final checkpoint on train.py's own val batches: the bucket means weighted by
+    their widths are train.py's final val cross-entropy (another batch draw or a wrong position range is not),
+    and the checkpoint is deleted after it was measured."""
+    tmp, _, _, _ = sweep
+    out = tmp / "pos"
+    res = run_ablate("--variants", "rwkv", "--seeds", "11", "--out_dir", out, "--pos_buckets", "4,10,99",
+                     f"--data_dir={tmp / 'data'}", *TINY, "--eval_iters=3")
+    assert res.returncode == 0, res.stdout + res.stderr
+    run_dir = out / "rwkv" / "seed11"
+    pos = json.loads((run_dir / "pos_loss.json").read_text())
+    assert pos["edges"] == [0, 4, 10, 16]  # 99 lies beyond block_size 16
+    widths = [b - a for a, b in zip(pos["edges"], pos["edges"][1:])]
+    final = json.loads((out / "ablate_runs.json").read_text())["rows"][0]["runs"][0]["final_val"]
+    assert sum(w * v for w, v in zip(widths, pos["val_ce"])) / 16 == pytest.approx(final, abs=1e-5)
+    assert len(set(pos["val_ce"])) == 3
+    assert not list(run_dir.glob("ckpt*.pt"))
+    assert "val CE at positions 0-4 / 4-10 / 10-16" in (out / "ablate_table.md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--variants", "rwkv,nope"], "unknown variant 'nope'"),
     (["--variants", "rwkv", "--seeds", "1,x"], "--seeds must be comma-separated integers"),
@@ -175,6 +195,7 @@ def test_include_takes_runs_from_an_earlier_sweep(sweep, tmp_path):
     (["--variants", "rwkv", "--recipe", "/no/such/recipe.py"], "recipe not found"),
     (["--variants", "rwkv", "--seed=3"], "set per run by ablate.py"),
     (["--variants", "rwkv", "stray"], "unexpected argument 'stray'"),
+    (["--variants", "rwkv", "--pos_buckets", "128,x"], "--pos_buckets must be comma-separated positions"),
     ([], "--variants is required"),
 ])
 def test_bad_input_is_one_line(args, message):
