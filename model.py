@@ -463,18 +463,21 @@ def scan_affine(AB):
     composed from the first: [P_c; Q_c] with S -> S P_c + Q_c the map of 0 .. c. An inclusive scan in
     ceil(log2 n) steps (Hillis-Steele): applying [P; Q] after [P'; Q'] gives [P' P; Q' P + Q], so each step
     composes every element with the one k before it, k = 1, 2, 4, ... The identity [I; 0] stands in before
-    chunk 0: padded once in front (2^steps - 1 of them), each step then drops the first k elements."""
+    chunk 0: padded once in front (2^steps - 1 of them), each step then drops the first k elements. The chunk
+    index goes first and the rest is flattened (m maps per chunk), so that "k chunks before" is k * m rows
+    before in one 3-D tensor and a step is a single baddbmm: a handful of operators per step, whatever the batch."""
     *batch, n, N2, N = AB.shape
+    m = math.prod(batch)
     pad = (1 << (n - 1).bit_length()) - 1
-    identity = torch.eye(N2, N, dtype=AB.dtype, device=AB.device).expand(*batch, pad, N2, N)
-    AB = torch.cat([identity, AB], dim=-3)
+    identity = torch.eye(N2, N, dtype=AB.dtype, device=AB.device).expand(pad * m, N2, N)
+    AB = torch.cat([identity, AB.movedim(-3, 0).reshape(n * m, N2, N)])
     only_B = (torch.arange(N2, device=AB.device) >= N).to(AB.dtype).view(N2, 1)  # [0; 1]
     k = 1
     while k <= pad:
-        later = AB[..., k:, :, :]
-        AB = AB[..., :-k, :, :] @ later[..., :N, :] + later * only_B
+        later = AB[k * m:]
+        AB = torch.baddbmm(later * only_B, AB[:-k * m], later[:, :N])
         k *= 2
-    return AB
+    return AB.view(n, *batch, N2, N).movedim(0, -3)
 
 
 class TimeMix7(nn.Module):
