@@ -186,7 +186,8 @@ def run_path(out_dir, name, lr, seed, args):
     return os.path.join(out_dir, "runs", f"{name}_d{args.d_model}_l{args.n_layer}_w{args.window_size}_{args.steps}x{args.tokens_per_step}_lr{lr:g}_s{seed}.json")
 
 
-def load_runs(out_dir):
+def load_runs(out_dir, args):
+    """The finished runs in OUT/runs made with args' training budget and model size (one table, one budget)."""
     runs_dir = os.path.join(out_dir, "runs")
     if not os.path.isdir(runs_dir):
         return []
@@ -195,7 +196,9 @@ def load_runs(out_dir):
         if name.endswith(".json"):
             with open(os.path.join(runs_dir, name)) as f:
                 runs.append(json.load(f))
-    return runs
+    same = lambda r: (r["steps"], r["tokens_per_step"], r["config"]["n_embd"], r["config"]["n_layer"]) == \
+        (args.steps, args.tokens_per_step, args.d_model, args.n_layer)
+    return [r for r in runs if same(r)]
 
 
 def summarize(runs):
@@ -260,10 +263,12 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def report(out_dir, assets=None, command=""):
-    runs = load_runs(out_dir)
+def report(args, command=""):
+    out_dir, assets = args.out_dir, args.assets
+    runs = load_runs(out_dir, args)
     if not runs:
-        raise SystemExit(f"error: no finished runs in {os.path.join(out_dir, 'runs')}: run some models first")
+        raise SystemExit(f"error: no finished runs of {args.steps} steps x {args.tokens_per_step} tokens, d_model "
+                         f"{args.d_model}, {args.n_layer} layers in {os.path.join(out_dir, 'runs')}: run some models first")
     rows = summarize(runs)
     table = format_table(rows)
     with open(os.path.join(out_dir, "recall_table.md.tmp"), "w") as f:
@@ -319,7 +324,7 @@ def main(argv=None):
     if args.assets and os.path.exists(args.assets) and not os.path.isdir(args.assets):
         raise SystemExit(f"error: --assets {args.assets} is a file; give a directory")
     if args.report_only:
-        return report(args.out_dir, args.assets, command)
+        return report(args, command)
     try:
         for name in models:
             model_config(name, args, 512)
@@ -343,7 +348,7 @@ def main(argv=None):
         main_acc = run["results"][f"{MAIN[0]}x{MAIN[1]}"]["acc"]
         tqdm.write(f"{name} lr={lr:g} seed={seed}: acc {main_acc:.3f} at {MAIN[0]}/{MAIN[1]}, "
                    f"{run['train_s']:.0f} s", file=sys.stderr)
-    report(args.out_dir, args.assets, command)
+    report(args, command)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,10 @@ def test_a_tiny_sweep_writes_runs_a_table_and_a_plot(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="vocab_size"):
         benchmark_recall.main(["--models", "gpt", "--d_model", "64", "--steps", "2", "--tokens_per_step", "64",
                                "--lrs", "1e-3", "--vocab_size", "256", "--out_dir", str(out)])
+    # the table holds one training budget: a report for another number of steps leaves these runs out
+    with pytest.raises(SystemExit, match="no finished runs of 3 steps"):
+        benchmark_recall.main(["--report_only", "--d_model", "64", "--steps", "3", "--tokens_per_step", "64",
+                               "--out_dir", str(out)])
+    benchmark_recall.main(["--report_only", "--d_model", "64", "--steps", "2", "--tokens_per_step", "64",
+                           "--out_dir", str(out)])
+    assert "| gpt | G |" in (out / "recall_table.md").read_text()
