@@ -166,6 +166,27 @@ def last_token(x):
     return x[:, -1].clone()
 
 
+class Linear(nn.Linear):
+    """nn.Linear with a decoding path. Decoding asks for a few rows at a time, and there x W^T is a short-and-wide
+    product that MKL runs well below the speed at which the (out, in) matrix streams from memory; the same
+    product as W x^T (tall and skinny) measured 1.4-1.6x faster for 8 rows on CPU (`benchmark_inference_time.py
+    --batch_size 8`), and one row as a matrix-vector product (torch.mv) 1.5x faster in bf16 (50304 x 512, 2
+    threads: 1.19 against 1.80 ms; 768 x 3072: 130 against 192 us; float32 the same either way)."""
+
+    def forward(self, x):
+        rows = x.reshape(-1, x.shape[-1])
+        if x.device.type != "cpu" or rows.shape[0] > 16:
+            return super().forward(x)
+        if rows.shape[0] == 1:
+            # W @ x is torch.mv for a vector x, and under autocast it returns the autocast dtype as every path does
+            y = self.weight @ rows[0]
+        else:
+            y = (self.weight @ rows.T).T
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
 # ----------------------------------------------------------------------------------------------------
 # RWKV blocks
 
@@ -531,10 +552,10 @@ class TimeMix7(nn.Module):
             setattr(self, prefix + "1", nn.Parameter(torch.empty(C, D)))
             setattr(self, prefix + "2", nn.Parameter(torch.empty(D, C)))
 
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.key = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(C, C, bias=False)
-        self.output = nn.Linear(C, C, bias=False)
+        self.receptance = Linear(C, C, bias=False)
+        self.key = Linear(C, C, bias=False)
+        self.value = Linear(C, C, bias=False)
+        self.output = Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(H, C, eps=64e-5)  # the reference's eps: (1e-5 * head_size_divisor 8 ** 2)
         self.dropout = nn.Dropout(config.dropout)
         self.init_weights()
@@ -575,14 +596,12 @@ class TimeMix7(nn.Module):
         self.ln_x.weight.fill_(((1 + l) / L) ** 0.7)
         nn.init.zeros_(self.ln_x.bias)
 
-    def _projections(self, x, state, v_first):
-        """Everything per token: r, log w, k, v, kk, a (B, H, T, N) in the compute dtype, g, v_first, and the
-        entering state S in the compute dtype (zeros for the empty context)."""
-        B, T, C = x.shape
-        H, N = self.n_head, self.head_size
-        x_prev, S = (None, None) if state is None else state
-        shifted = token_shift(x, x_prev)
-        xr, xw, xk, xv, xa, xg = (torch.lerp(x, shifted, m) for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+    def _projections(self, x, shifted, v_first):
+        """Everything per token, for tokens x and the tokens before them (shifted), both (..., C): r, log w, k, v,
+        kk, a (..., C) in the compute dtype, the gate g and v_first. The same code for a sequence (B, T, C) and
+        for the one token (B, C) of the recurrent step."""
+        C, H, N = x.shape[-1], self.n_head, self.head_size
+        xr, xw, xk, xv, xa, xg = (torch.lerp(x, shifted, m.view(C)) for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
         r, k, v = self.receptance(xr), self.key(xk), self.value(xv)  # in autocast's dtype, if on
         w_lora = torch.tanh(xw @ self.w1) @ self.w2
         a_lora = (xa @ self.a1) @ self.a2
@@ -593,29 +612,25 @@ class TimeMix7(nn.Module):
         dt = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
             r, k, v = r.to(dt), k.to(dt), v.to(dt)
-            log_w = -DECAY_SCALE * torch.sigmoid(self.w0.to(dt) + w_lora.to(dt))  # log of the decay, in (-0.61, 0)
-            a = torch.sigmoid(self.a0.to(dt) + a_lora.to(dt))
-            kk = F.normalize((k * self.k_k.to(dt)).view(B, T, H, N), dim=-1).view(B, T, C)
-            k = k * (1 + (a - 1) * self.k_a.to(dt))
+            log_w = -DECAY_SCALE * torch.sigmoid(self.w0.view(C).to(dt) + w_lora.to(dt))  # log of the decay, in (-0.61, 0)
+            a = torch.sigmoid(self.a0.view(C).to(dt) + a_lora.to(dt))
+            kk = F.normalize((k * self.k_k.view(C).to(dt)).unflatten(-1, (H, N)), dim=-1).flatten(-2)
+            k = k * (1 + (a - 1) * self.k_a.view(C).to(dt))
             if self.layer_id == 0:
                 v_first = v
             else:
                 assert v_first is not None, "layers > 0 need layer 0's v_first"
-                v = v + (v_first.to(dt) - v) * torch.sigmoid(self.v0.to(dt) + v_lora.to(dt))
-        heads = lambda t: t.view(B, T, H, N).transpose(1, 2)
-        S = r.new_zeros(B, H, N, N) if S is None else S.to(dt)  # float32 (float64 for float64 x)
-        return heads(r), heads(log_w), heads(k), heads(v), heads(kk), heads(a), g, v_first, S
+                v = v + (v_first.to(dt) - v) * torch.sigmoid(self.v0.view(C).to(dt) + v_lora.to(dt))
+        return r, log_w, k, v, kk, a, g, v_first
 
     def _output(self, y, r, k, v, g):
-        """GroupNorm per head, the current token's bonus, the gate and the output projection."""
-        B, H, T, N = y.shape
+        """GroupNorm per head, the current token's bonus, the gate and the output projection; all (..., C)."""
+        C, H, N = y.shape[-1], self.n_head, self.head_size
         with torch.autocast(y.device.type, enabled=False):
-            ln = self.ln_x
-            y = y.transpose(1, 2).reshape(B * T, H * N)
-            y = F.group_norm(y, H, ln.weight.to(y.dtype), ln.bias.to(y.dtype), ln.eps)  # in float32 even with bf16 params
-            bonus = (r * k * self.r_k.to(y.dtype).view(1, H, 1, N)).sum(-1, keepdim=True) * v  # (B, H, T, N)
-            y = y.view(B, T, H * N) + bonus.transpose(1, 2).reshape(B, T, H * N)
-            y = (y * g.to(y.dtype)).to(g.dtype)
+            ln = self.ln_x  # in float32 even with bf16 params
+            y = F.group_norm(y.reshape(-1, C), H, ln.weight.to(y.dtype), ln.bias.to(y.dtype), ln.eps).view(y.shape)
+            bonus = ((r * k).unflatten(-1, (H, N)) * self.r_k.to(y.dtype)).sum(-1, keepdim=True) * v.unflatten(-1, (H, N))
+            y = ((y + bonus.flatten(-2)) * g.to(y.dtype)).to(g.dtype)
         return self.dropout(self.output(y))
 
     def forward(self, x, state=None, v_first=None):
@@ -623,12 +638,16 @@ class TimeMix7(nn.Module):
         Returns (y, (x_prev, S), v_first); a single token with a state takes the recurrent step."""
         if x.shape[1] == 1 and state is not None:
             return self.step(x, state, v_first)
-        T = x.shape[1]
-        r, log_w, k, v, kk, a, g, v_first, S = self._projections(x, state, v_first)
+        B, T, C = x.shape
+        x_prev, S = (None, None) if state is None else state
+        r, log_w, k, v, kk, a, g, v_first = self._projections(x, token_shift(x, x_prev), v_first)
+        heads = lambda t: t.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, H, T, N)
         with torch.autocast(x.device.type, enabled=False):
+            S = r.new_zeros(B, self.n_head, self.head_size, self.head_size) if S is None else S.to(r.dtype)
             wkv = fla_wkv7 if self.kernel == "fla" and x.is_cuda else self._chunked
-            y, S_out = wkv(r, log_w, k, v, -kk, kk * a, S, min(self.chunk_len, T))
-        return self._output(y, r, k, v, g), TimeMixState(last_token(x), S_out), v_first
+            y, S_out = wkv(heads(r), heads(log_w), heads(k), heads(v), heads(-kk), heads(kk * a), S, min(self.chunk_len, T))
+        y = self._output(y.transpose(1, 2).reshape(B, T, C), r, k, v, g)
+        return y, TimeMixState(last_token(x), S_out), v_first
 
     @staticmethod
     def _chunked(r, log_w, k, v, alpha, beta, S, L):
@@ -680,15 +699,20 @@ class TimeMix7(nn.Module):
         return y.reshape(B, H, n * L, N)[:, :, :T], after[:, :, -1].clone()  # (a view would keep all n alive)
 
     def step(self, x, state=None, v_first=None):
-        """Recurrent form: one token x (B, 1, C); the same function as forward() with T = 1."""
-        B, H, N = x.shape[0], self.n_head, self.head_size
-        r, log_w, k, v, kk, a, g, v_first, S = self._projections(x, state, v_first)
-        col = lambda t: t.reshape(B, H, N, 1)  # a (B, H, 1, N) token as a column
-        row = lambda t: t.reshape(B, H, 1, N)
+        """Recurrent form: one token x (B, 1, C); the same function as forward() with T = 1, on (B, C) rows."""
+        B, _, C = x.shape
+        H, N = self.n_head, self.head_size
+        x_prev, S = (None, None) if state is None else state
+        shifted = torch.zeros_like(x.view(B, C)) if x_prev is None else x_prev.to(x.dtype)
+        r, log_w, k, v, kk, a, g, v_first = self._projections(
+            x.view(B, C), shifted, None if v_first is None else v_first.view(B, C))
+        col = lambda t: t.view(B, H, N, 1)  # a (B, C) token as H columns
+        row = lambda t: t.view(B, H, 1, N)
         with torch.autocast(x.device.type, enabled=False):
+            S = r.new_zeros(B, H, N, N) if S is None else S.to(r.dtype)
             S = S * row(torch.exp(log_w)) + (S @ col(-kk)) @ row(kk * a) + col(v) @ row(k)
-            y = (S @ col(r)).view(B, H, 1, N)
-        return self._output(y, r, k, v, g), TimeMixState(last_token(x), S), v_first
+            y = (S @ col(r)).view(B, C)
+        return self._output(y, r, k, v, g).view(B, 1, C), TimeMixState(last_token(x), S), v_first.view(B, 1, C)
 
     def flops(self, T):
         """Forward FLOPs per token: the four projections and four LoRAs; per head, in a chunk of L tokens,
@@ -732,8 +756,8 @@ class ChannelMix7(nn.Module):
         C = config.n_embd
         self.layer_id, self.n_layer = layer_id, config.n_layer
         self.x_k = nn.Parameter(torch.empty(1, 1, C))
-        self.key = nn.Linear(C, 4 * C, bias=False)
-        self.value = nn.Linear(4 * C, C, bias=False)
+        self.key = Linear(C, 4 * C, bias=False)
+        self.value = Linear(4 * C, C, bias=False)
         self.dropout = nn.Dropout(config.dropout)
         self.init_weights()
 
@@ -1102,21 +1126,8 @@ class LanguageModel(nn.Module):
             nn.init.normal_(linear.weight, mean=0.0, std=0.02 / math.sqrt(n_residual))
 
 
-class LMHead(nn.Linear):
-    """The language-model head (bias-free, its weight tied to the token embedding). Decoding asks it for a few
-    rows at a time, and there x W^T is a short-and-wide product that MKL runs well below the speed at which the
-    (vocab, C) matrix streams from memory; the same product as W x^T (tall and skinny) measured 1.4-1.6x faster
-    for 8 rows on CPU (`benchmark_inference_time.py --batch_size 8`), and one row as a matrix-vector product
-    (torch.mv) 1.5x faster in bf16 (50304 x 512, 2 threads: 1.19 against 1.80 ms; float32 the same either way)."""
-
-    def forward(self, x):
-        rows = x.reshape(-1, x.shape[-1])
-        if x.device.type != "cpu" or rows.shape[0] > 16:
-            return super().forward(x)
-        if rows.shape[0] == 1:
-            # W @ x is torch.mv for a vector x, and under autocast it returns the autocast dtype as every path does
-            return (self.weight @ rows[0]).reshape(*x.shape[:-1], self.out_features)
-        return (self.weight @ rows.T).T.reshape(*x.shape[:-1], self.out_features)
+class LMHead(Linear):
+    """The language-model head: bias-free, its weight tied to the token embedding unless tie_head=False."""
 
 
 def linear_flops(*linears):

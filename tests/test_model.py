@@ -8,11 +8,12 @@ import sys
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import ROOT, V, randomize, tiny_config
-from model import GPT, GPTConfig, LMHead, ChannelMix, ChannelMix7, CausalSelfAttention, KVCache, MicroRWKV, TimeMix, TimeMix7, \
+from model import GPT, GPTConfig, LMHead, Linear, ChannelMix, ChannelMix7, CausalSelfAttention, KVCache, MicroRWKV, TimeMix, TimeMix7, \
     TinyMoE, apply_rotary, build_model, sliding_window_attention
 
 # the three kinds of model: MicroRWKV with RWKV-5 (x051a) or RWKV-7 (x070) blocks, and GPT
@@ -586,13 +587,16 @@ def test_timemix_any_chunk_length_gives_the_same_result(L):
     assert rel(y2, y) < 1e-5 and rel(S2, S) < 1e-5
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 8, 17])
-def test_lm_head_decoding_form_equals_linear(rows, dtype):
-    """LMHead computes one row as W x and a few as W x^T: the logits of x W^T (in float32), in the same shape."""
-    head = LMHead(64, 1000, bias=False).to(dtype)
+def test_linear_decoding_form_equals_linear(rows, dtype, bias):
+    """Linear (LMHead's base) computes one row as W x and a few as W x^T: x W^T + b (in float32), same shape."""
+    head = Linear(64, 1000, bias=bias).to(dtype)
+    if bias:
+        nn.init.normal_(head.bias, std=1.0)
     x = torch.randn(rows, 1, 64).to(dtype)
-    want = F.linear(x.float(), head.weight.float())
+    want = F.linear(x.float(), head.weight.float(), head.bias.float() if bias else None)
     tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: products accumulate in float32, rounded once at the end
     assert head(x).dtype == dtype and head(x).shape == (rows, 1, 1000)
     assert torch.allclose(head(x).float(), want, rtol=tol, atol=tol * want.abs().max().item())
