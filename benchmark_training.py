@@ -12,6 +12,7 @@ Models (--models, comma-separated):
     microrwkv       the full MicroRWKV layer (TimeMix, ChannelMix, SWA, GQA, MoE with all 4 experts active)
     microrwkv-top2  the full layer with top-2 of 4 experts (expert_dim 768) and window_size 256
     rwkv7           like rwkv, with rwkv_version='x070' (RWKV-7 TimeMix)        } need GPTConfig.rwkv_version
+    rwkv7-gqa4      rwkv7 with GQA in every 4th layer (use_gqa=True, attn_every=4)
     microrwkv7      like microrwkv, with rwkv_version='x070'                     }
     microrwkv7-top2 like microrwkv-top2, with rwkv_version='x070'               }
     gpt             nanoGPT's transformer
@@ -65,6 +66,7 @@ MODELS = {  # name -> GPTConfig overrides
     "microrwkv": dict(model_type="microrwkv"),
     "microrwkv-top2": dict(model_type="microrwkv", num_experts=4, num_active_experts=2, window_size=256, expert_dim=768),
     "rwkv7": dict(RWKV_ONLY, rwkv_version="x070"),  # chunk_len 64: x070's fastest with the scan over chunks
+    "rwkv7-gqa4": dict(RWKV_ONLY, rwkv_version="x070", use_gqa=True, attn_every=4),  # GQA in every 4th layer
     "microrwkv7": dict(model_type="microrwkv", rwkv_version="x070"),
     "microrwkv7-top2": dict(model_type="microrwkv", rwkv_version="x070", num_experts=4,
                             num_active_experts=2, window_size=256, expert_dim=768),
