@@ -256,6 +256,9 @@ peak = peak_flops(device_name, dtype, peak_flops_per_s)
 scaler = torch.amp.GradScaler('cuda', enabled=(dtype == 'float16'))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, weight_decay_time)
 if checkpoint is not None:
+    if 'optimizer' not in checkpoint:
+        die(f"{ckpt_path} holds weights without an optimizer state (an imported model): fine-tune it with "
+            f"--init_from={out_dir} instead of resuming")
     try:
         optimizer.load_state_dict(checkpoint['optimizer'])
     except (ValueError, KeyError):  # its parameter groups differ from this run's

@@ -182,6 +182,12 @@ def test_fine_tuning_from_the_file_lowers_the_loss(tmp_path):
     w = torch.load(tmp_path / "tuned.pth", weights_only=True)
     assert not torch.equal(w["head.weight"], w["emb.weight"])
 
+    # an imported checkpoint has no optimizer state: resuming it is refused, naming the way to fine-tune it
+    assert import_rwkv.main(["--input", str(pth), "--out_dir", str(tmp_path / "imported"), "--block_size", "32"]) in (None, 0)
+    p = run(["train.py", "--init_from=resume", f"--out_dir={tmp_path / 'imported'}", "--max_iters=1", *common])
+    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("error: ") and f"--init_from={tmp_path / 'imported'}" in p.stderr
+
     # the same model on GPT-2 token ids: refused, naming both tokenizers
     p = run(["prepare_tinystories.py", "--source", str(tmp_path / "stories.txt"), "--out_dir",
              str(tmp_path / "gpt2"), "--num_proc", "1"])
