@@ -59,6 +59,7 @@ LAYOUTS = {
 TRAIN_SETTINGS = [(64, 4), (128, 8), (256, 16), (256, 32), (512, 64)]  # (seq_len, key-value pairs), as Zoology's
 TEST_SETTINGS = [(64, 4), (128, 8), (256, 16), (512, 32), (512, 64), (1024, 64), (2048, 64)]
 MAIN = (512, 64)
+LONG_STATE = 4096  # the state's size is also reported after this many tokens, against GPT's KV cache
 
 
 def make_mqar(num_examples, seq_len, num_kv_pairs, vocab_size, seed, power_a=0.01):
@@ -116,6 +117,14 @@ def state_bytes(state):
     if isinstance(state, torch.Tensor):
         return state.numel() * state.element_size()
     return sum(state_bytes(s) for s in state) if isinstance(state, (list, tuple)) else 0
+
+
+@torch.no_grad()
+def state_bytes_after(config, T):
+    """Bytes of the decoding state after T tokens of a model built like `config` (a saved GPTConfig dict), with
+    fresh weights: its size depends on the layout only. GPT gets learned positions for T tokens here."""
+    model = build_model(GPTConfig(**{**config, "block_size": max(config["block_size"], T)})).eval()
+    return state_bytes(model.forward_with_state(torch.zeros(1, T, dtype=torch.long))[1])
 
 
 def lr_at(step, steps, lr):
@@ -216,7 +225,8 @@ def summarize(runs):
             cells[key] = None if vals[0] is None else {
                 k: statistics.mean(v[k] for v in vals) if vals[0][k] is not None else None for k in vals[0]}
         rows.append(dict(model=name, lr=lr, seeds=sorted(r["seed"] for r in chosen), params=chosen[0]["params"],
-                         state_bytes=chosen[0]["state_bytes"], train_s=statistics.median(r["train_s"] for r in chosen),
+                         state_bytes=chosen[0]["state_bytes"],
+                         state_bytes_long=state_bytes_after(chosen[0]["config"], LONG_STATE), train_s=statistics.median(r["train_s"] for r in chosen),
                          lrs_tried=sorted(by_model[name]), cells=cells,
                          main_per_seed=[r["results"][main]["acc"] for r in sorted(chosen, key=lambda r: r["seed"])]))
     return rows
@@ -230,15 +240,16 @@ def layout_letters(name):
 def format_table(rows):
     keys = [f"{s}x{p}" for s, p in TEST_SETTINGS]
     main = f"{MAIN[0]}x{MAIN[1]}"
-    head = ("| model | layers | params | state KiB at 512 | best lr (of) | seeds | "
+    head = (f"| model | layers | params | state KiB at {MAIN[0]} | state KiB at {LONG_STATE} | best lr (of) | seeds | "
             + " | ".join(f"{k.replace('x', ' / ')}" for k in keys) + f" | {main.replace('x', ' / ')}: near / far |")
-    lines = [head, "|" + " --- |" * (7 + len(keys))]
+    lines = [head, "|" + " --- |" * (8 + len(keys))]
     for r in rows:
         c = r["cells"]
         acc = [("n/a" if c[k] is None else f"{c[k]['acc']:.3f}") for k in keys]
         near, far = c[main]["acc_near"], c[main]["acc_far"]
         layers = layout_letters(r["model"])
         lines.append(f"| {r['model']} | {layers} | {r['params'] / 1e6:.2f}M | {r['state_bytes'] / 1024:.1f} | "
+                     f"{r['state_bytes_long'] / 1024:,.0f} | "
                      f"{r['lr']:g} ({', '.join(f'{x:g}' for x in r['lrs_tried'])}) | {len(r['seeds'])} | "
                      + " | ".join(acc) + f" | {near:.3f} / {far:.3f} |")
     return "\n".join(lines) + "\n"

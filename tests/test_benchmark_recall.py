@@ -109,6 +109,10 @@ def test_a_tiny_sweep_writes_runs_a_table_and_a_plot(tmp_path, monkeypatch):
     # 2 x 64, and one 64 x 64 matrix per layer)
     assert gpt["state_bytes"] == 4 * 2 * 512 * 64 * 4
     assert hybrid["state_bytes"] == (2 * 512 * 64 + 4 * (2 * 64 + 64 * 64)) * 4
+    # after 4,096 tokens (fresh models of the same layouts): GPT's cache grows 8x, the hybrid's only in its GQA layer
+    long = {r["model"]: r["state_bytes_long"] for r in runs["summary"]}
+    assert long["gpt"] == 4 * 2 * 4096 * 64 * 4
+    assert long["rwkv7-gqa4"] == (2 * 4096 * 64 + 4 * (2 * 64 + 64 * 64)) * 4
     assert "| rwkv7-gqa4 | RRRG |" in (out / "recall_table.md").read_text()
     assert (out / "recall_vs_state.png").stat().st_size > 0
     # a finished run is reused only for the same task and model

@@ -45,9 +45,10 @@ def runs_of(path):
     return {r["name"]: (r, {x["seed"]: x["final_val"] for x in r["runs"]}) for r in load(path)["rows"]}
 
 
-def ce_table(path, rows, seeds=(1337, 1338, 1339)):
+def ce_table(path, rows, seeds=(1337, 1338, 1339), extra=None):
     """rows: (name, label, name of the row it is compared with or None). Per-seed differences are taken on
-    the seeds both rows have; the difference of means only when both have every seed."""
+    the seeds both rows have; the difference of means only when both have every seed. extra: (more column
+    heads, a function of a row giving their cells)."""
     res = runs_of(path)
     out = []
     for name, label, versus in rows:
@@ -63,10 +64,10 @@ def ce_table(path, rows, seeds=(1337, 1338, 1339)):
             if len(vals) == len(other) == len(seeds):
                 delta_mean = f"{statistics.fmean(v) - statistics.fmean(other.values()):+.3f}"
         params = f"{row['params'] / 1e6:.2f}M" if row.get("params") else "—"
-        out.append([label, params, per_seed, mean, delta, delta_mean])
+        out.append([label, params, per_seed, mean, delta, delta_mean] + (extra[1](row) if extra else []))
     head = ["model", "parameters", "val CE, seeds " + " / ".join(map(str, seeds)), "mean ± std",
             "difference per seed (against)", "difference of the means"]
-    return table(head, out)
+    return table(head + (extra[0] if extra else []), out)
 
 
 def quality_vs_gpt():
@@ -109,6 +110,26 @@ def screen():
         ("nanoRWKV", "BlinkDL's nanoRWKV x051a, its own model.py", None),
         ("gpt", "our GPT (`gpt`)", "nanoGPT"),
         ("nanoGPT", "Karpathy's nanoGPT, its own model.py", None)])
+
+
+def context_1024():
+    """The ablation recipe at context 1,024: val CE per seed, by position in the context, and training time."""
+    path = "assets/ctx1024/ablate_runs.json"
+    res = runs_of(path)
+    train_s = lambda row: statistics.fmean(r["train_s"] for r in row["runs"])
+    base = train_s(res["rwkv7"][0])
+    edges = next(r["val_by_pos"]["edges"] for row, _ in res.values() for r in row["runs"] if r.get("val_by_pos"))
+
+    def cells(row):
+        pos = [r["val_by_pos"]["val_ce"] for r in row["runs"] if r.get("val_by_pos", {}).get("edges") == edges]
+        by_pos = " / ".join(f"{statistics.fmean(p[i] for p in pos):.3f}" for i in range(len(edges) - 1)) if pos else "—"
+        return [by_pos, f"{train_s(row):,.0f} ({train_s(row) / base:.2f}×)"]
+
+    head = ["val CE at positions " + " / ".join(f"{a}-{b}" for a, b in zip(edges, edges[1:])), "training s (× `rwkv7`)"]
+    return ce_table(path, [
+        ("rwkv7-gqa4", "RWKV-7, GQA in the last of 4 layers (`rwkv7-gqa4`)", "rwkv7"),
+        ("rwkv7", "pure RWKV-7 (`rwkv7`)", "gpt"),
+        ("gpt", "GPT (`gpt`)", None)], extra=(head, cells))
 
 
 def ablate_section(path):
