@@ -52,7 +52,7 @@ import subprocess
 import sys
 import time
 
-from metrics import save_figure, steps_and_evals
+from metrics import save_figure, steps_and_evals, write_atomic
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -290,6 +290,11 @@ def summarize_run(run_dir, seed, max_iters):
     return run
 
 
+def bucket_bounds(edges, T):
+    """The bucket boundaries of --pos_buckets at context T: 0, the edges inside (0, T), T."""
+    return [0, *[e for e in edges if 0 < e < T], T]
+
+
 def position_losses(run_dir, cfg, seed, edges, threads=0):
     """Val cross-entropy of a run's final checkpoint by position in the context, averaged over the buckets
     [0, e1), [e1, e2), ..., [ek, block_size): on the val batches of train.py's evaluation (the same generator
@@ -315,10 +320,9 @@ def position_losses(run_dir, cfg, seed, edges, threads=0):
             logits = model(x, y)[0]  # with targets: the logits of every position
             total += F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").double().sum(0)
     per_pos = total / (cfg["eval_iters"] * B)
-    bounds = [0, *[e for e in edges if 0 < e < T], T]
+    bounds = bucket_bounds(edges, T)
     out = {"edges": bounds, "val_ce": [per_pos[a:b].mean().item() for a, b in zip(bounds, bounds[1:])]}
-    with open(os.path.join(run_dir, POS_LOSS), "w") as f:
-        json.dump(out, f)
+    write_atomic(os.path.join(run_dir, POS_LOSS), json.dumps(out))
     return out
 
 
@@ -802,7 +806,7 @@ def main(argv=None):
                 continue
             run = summarize_run(run_dir, seed, v["max_iters"])
             if run is not None and pos_buckets and (run.get("val_by_pos") or {}).get("edges") != \
-                    [0, *[e for e in pos_buckets if 0 < e < v["config"]["block_size"]], v["config"]["block_size"]]:
+                    bucket_bounds(pos_buckets, v["config"]["block_size"]):
                 measured = position_losses(run_dir, v["config"], seed, pos_buckets, threads)
                 if measured:
                     run["val_by_pos"] = measured
