@@ -121,8 +121,9 @@ def context_1024():
     edges = next(r["val_by_pos"]["edges"] for row, _ in res.values() for r in row["runs"] if r.get("val_by_pos"))
 
     def cells(row):
-        pos = [r["val_by_pos"]["val_ce"] for r in row["runs"] if r.get("val_by_pos", {}).get("edges") == edges]
-        by_pos = " / ".join(f"{statistics.fmean(p[i] for p in pos):.3f}" for i in range(len(edges) - 1)) if pos else "—"
+        import ablate
+        pos = ablate.summarize(row, None).get("val_by_pos")  # the mean over seeds of each bucket
+        by_pos = " / ".join(f"{v:.3f}" for v in pos["val_ce"]) if pos and pos["edges"] == edges else "—"
         return [by_pos, f"{train_s(row):,.0f} ({train_s(row) / base:.2f}×)"]
 
     head = ["val CE at positions " + " / ".join(f"{a}-{b}" for a, b in zip(edges, edges[1:])), "training s (× `rwkv7`)"]
