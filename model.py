@@ -279,26 +279,35 @@ class TimeMix(nn.Module):
         dt = torch.promote_types(x.dtype, torch.float32)  # decays and state: float32 under autocast, float64 for float64 x
         S = x.new_zeros(B, H, N, N, dtype=dt) if S is None else S.to(dt)
         log_w = -torch.exp(self.time_decay.to(dt))  # (H,), log of the per-head decay
+        # under autocast, the chunk's r k^T scores take operands in the autocast dtype (tensor cores on a GPU);
+        # the products with v and the state stay float32: their outputs carry a head's common offset, which
+        # the GroupNorm removes only if it was not rounded first (test_bf16_autocast_logits_stay_close_to_float32)
+        autocast = dt == torch.float32 and torch.is_autocast_enabled(x.device.type)
+        low = torch.get_autocast_dtype(x.device.type) if autocast else None
         with torch.autocast(x.device.type, enabled=False):
             if self.kernel == "fla" and x.is_cuda:
                 y, S = fla_wkv5(r, k, v, S, log_w, self.time_faaaa.to(dt))
             else:
                 r, k, v = (t.to(dt).contiguous() for t in (r, k, v))
-                y, S = self._chunked(r, k, v, S, log_w, self.time_faaaa.to(dt), self.chunk_length(T))
+                y, S = self._chunked(r, k, v, S, log_w, self.time_faaaa.to(dt), self.chunk_length(T, x.device), low)
         return self._output(y, g), TimeMixState(last_token(x), S), v_first
 
-    def chunk_length(self, T):
+    def chunk_length(self, T, device=None):
         """The chunk length L for T tokens: chunk_len (the upper bound the config sets), but no longer than T
-        needs nor than max(head_size, 32). Per token a chunk costs ~4 L N multiply-adds inside it and 4 N^2
-        for the state, so L ~ N balances the two; shorter chunks pay more per-chunk overhead. Measured on CPU
-        (forward + backward, 1 thread, 4096 tokens): N = 64: L = 32 and 64 within noise, 16 and 128 7-25%
-        slower; N = 32: L = 32 fastest, 64 ~8% and 128 20-50% slower."""
-        return min(self.chunk_len, T, max(self.head_size, 32))
+        needs nor than the device's best. On a CPU that is max(head_size, 32): per token a chunk costs ~4 L N
+        multiply-adds inside it and 4 N^2 for the state, so L ~ N balances the two; shorter chunks pay more
+        per-chunk overhead. Measured (forward + backward, 1 thread, 4096 tokens): N = 64: L = 32 and 64 within
+        noise, 16 and 128 7-25% slower; N = 32: L = 32 fastest, 64 ~8% and 128 20-50% slower. On a GPU, where
+        a chunk is one batched product and longer ones keep its units busy, 64 (the chunk of fla's kernels).
+        The dtype does not enter: the decays inside a chunk are float32 under any autocast."""
+        best = 64 if device is not None and device.type == "cuda" else max(self.head_size, 32)
+        return min(self.chunk_len, T, best)
 
     @staticmethod
-    def _chunked(r, k, v, S, log_w, u, L):
+    def _chunked(r, k, v, S, log_w, u, L, low=None):
         """The chunked parallel form. r, k, v: (B, H, T, N); S: (B, H, N, N) entering the first token; log_w (H,);
-        u (H, N); L: chunk length. Returns y (B, H, T, N) and the state after the last token.
+        u (H, N); L: chunk length; low: the dtype of the scores' operands (None: r's). Returns y (B, H, T, N) and
+        the state after the last token.
 
         Every chunk is computed at once, in one batch: the last one is padded with zero tokens, which read
         nothing and write nothing, and the decays (which depend only on positions) are built once. With a
@@ -317,7 +326,8 @@ class TimeMix(nn.Module):
         # intra-chunk: y_t += sum_{s<t} w^(t-1-s) (r_t . k_s) v_s  +  (r_t . (u * k_t)) v_t
         diff = (t.view(L, 1) - 1 - t.view(1, L)).clamp(min=0)
         decay = torch.exp(lw * diff) * (t.view(L, 1) > t.view(1, L))  # (H, L, L), zero on/above diagonal
-        y = ((r @ k.transpose(-1, -2)) * decay.unsqueeze(1)) @ v
+        scores = r @ k.transpose(-1, -2) if low is None else (r.to(low) @ k.to(low).transpose(-1, -2)).to(r.dtype)
+        y = (scores * decay.unsqueeze(1)) @ v
         y = y + (r * u.view(1, -1, 1, 1, N) * k).sum(-1, keepdim=True) * v
 
         # dS_j, with e_j = min((j + 1) L, T): the padded keys of the last chunk are zero (clamp, not mask)
