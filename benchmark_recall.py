@@ -182,6 +182,7 @@ def train_one(name, lr, seed, args):
     return dict(model=name, lr=lr, seed=seed, steps=args.steps, tokens_per_step=args.tokens_per_step,
                 params=model.get_num_params(non_embedding=False), state_bytes=state_bytes(state),
                 config=vars(model.config), train_s=train_s, final_train_loss=statistics.mean(losses[-50:]),
+                loss_curve=[statistics.mean(losses[i:i + 100]) for i in range(0, len(losses), 100)],  # per 100 steps
                 results=results)
 
 

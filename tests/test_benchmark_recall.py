@@ -104,6 +104,7 @@ def test_a_tiny_sweep_writes_runs_a_table_and_a_plot(tmp_path, monkeypatch):
     gpt = next(r for r in runs["runs"] if r["model"] == "gpt")
     hybrid = next(r for r in runs["runs"] if r["model"] == "rwkv7-gqa4")
     assert gpt["results"]["1024x64"] is None and hybrid["results"]["1024x64"] is not None  # learned positions end at 512
+    assert gpt["loss_curve"] == [gpt["final_train_loss"]]  # one point per 100 steps: here both are the mean of 2
     # d_model 64 with head size 64 is one head. GPT's state is a K/V cache of 4 layers x 2 x 512 x 64 floats;
     # the hybrid's is one GQA layer's K/V cache (2 x 512 x 64) plus 4 RWKV-7 states (x_prev of both mixers,
     # 2 x 64, and one 64 x 64 matrix per layer)
