@@ -10,6 +10,7 @@ regenerates every block and compares it with the page, so a number in a block ca
 Every value is computed from the unrounded saved values and rounded once, when it is printed.
 """
 
+import functools
 import json
 import os
 import re
@@ -120,8 +121,9 @@ def context_1024():
     base = train_s(res["rwkv7"][0])
     edges = next(r["val_by_pos"]["edges"] for row, _ in res.values() for r in row["runs"] if r.get("val_by_pos"))
 
+    import ablate
+
     def cells(row):
-        import ablate
         pos = ablate.summarize(row, None).get("val_by_pos")  # the mean over seeds of each bucket
         by_pos = " / ".join(f"{v:.3f}" for v in pos["val_ce"]) if pos and pos["edges"] == edges else "—"
         return [by_pos, f"{train_s(row):,.0f} ({train_s(row) / base:.2f}×)"]
@@ -271,22 +273,29 @@ def model_size():
 # benchmark_recall.py
 
 
+@functools.lru_cache(maxsize=None)
+def recall_rows(path):
+    """benchmark_recall.summarize of the runs saved in path, once per path (it builds a model per layout)."""
+    import benchmark_recall
+    return benchmark_recall.summarize(load(path)["runs"])
+
+
 def recall():
     """The MQAR table benchmark_recall.py printed, recomputed from the runs saved beside the page."""
     import benchmark_recall
-    return benchmark_recall.format_table(benchmark_recall.summarize(load("assets/recall/recall_runs.json")["runs"]))
+    return benchmark_recall.format_table(recall_rows("assets/recall/recall_runs.json"))
 
 
 def recall_1500():
     """The same table for the runs of 1,500 steps."""
     import benchmark_recall
-    return benchmark_recall.format_table(benchmark_recall.summarize(load("assets/recall/steps1500/recall_runs.json")["runs"]))
+    return benchmark_recall.format_table(recall_rows("assets/recall/steps1500/recall_runs.json"))
 
 
 def recall_compact():
     """The README's MQAR table: the main setting, near and far keys, the longest test, and state size."""
     import benchmark_recall
-    rows = benchmark_recall.summarize(load("assets/recall/recall_runs.json")["runs"])
+    rows = recall_rows("assets/recall/recall_runs.json")
     main = "{}x{}".format(*benchmark_recall.MAIN)
     longest = "{}x{}".format(*benchmark_recall.TEST_SETTINGS[-1])
     acc = lambda cell, key="acc": "n/a" if cell is None or cell[key] is None else f"{cell[key]:.3f}"
