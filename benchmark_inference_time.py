@@ -6,7 +6,8 @@ context length and memory stays flat; a transformer with a KV cache pays attenti
 (latency and memory grow linearly, total time quadratically), and one without a cache recomputes the
 whole context for every token. This script measures our own models side by side:
 
-    microrwkv     the full MicroRWKV layer (TimeMix, ChannelMix, SWA, GQA, MoE; the config's switches)
+    microrwkv     the MicroRWKV layer of --config or --ckpt; without them, the full x051a layer (TimeMix,
+                  ChannelMix, SWA, GQA, MoE)
     rwkv          TimeMix + ChannelMix only (use_swa = use_gqa = use_moe = False)
     rwkv7         the same with RWKV-7 blocks (rwkv_version="x070", chunk_len=16; if model.py has them)
     gpt           the GPT baseline, decoding with its KV cache
@@ -88,7 +89,9 @@ MODELS = {  # benchmark name -> GPTConfig overrides on top of the run's shared a
 }
 if "rwkv_version" not in GPTConfig.__dataclass_fields__:  # a model.py without RWKV-7
     del MODELS["rwkv7"]
-DEFAULTS = dict(n_layer=6, n_embd=512, n_head=8, max_new_tokens=4096, time_budget=600.0)
+# without --config or --ckpt: x051a, every block on (what the saved README run measured)
+DEFAULTS = dict(n_layer=6, n_embd=512, n_head=8, max_new_tokens=4096, time_budget=600.0, rwkv_version="x051a",
+                use_swa=True, use_gqa=True, use_moe=True)
 QUICK = dict(n_layer=4, n_embd=256, n_head=4, max_new_tokens=1024, time_budget=25.0)
 WARMUP_STEPS = 5  # decode steps run (untimed) on a throwaway state first: allocator, kernels, caches
 

@@ -61,14 +61,15 @@ from metrics import unwritable, write_atomic
 from model import GPTConfig, build_model
 
 RWKV_ONLY = dict(model_type="microrwkv", use_swa=False, use_gqa=False, use_moe=False)
+FULL = dict(model_type="microrwkv", use_swa=True, use_gqa=True, use_moe=True)  # every block in every layer
 MODELS = {  # name -> GPTConfig overrides
-    "rwkv": dict(RWKV_ONLY),
-    "microrwkv": dict(model_type="microrwkv"),
-    "microrwkv-top2": dict(model_type="microrwkv", num_experts=4, num_active_experts=2, window_size=256, expert_dim=768),
+    "rwkv": dict(RWKV_ONLY, rwkv_version="x051a"),
+    "microrwkv": dict(FULL, rwkv_version="x051a"),
+    "microrwkv-top2": dict(FULL, rwkv_version="x051a", num_experts=4, num_active_experts=2, window_size=256, expert_dim=768),
     "rwkv7": dict(RWKV_ONLY, rwkv_version="x070"),  # chunk_len 64: x070's fastest with the scan over chunks
     "rwkv7-gqa4": dict(RWKV_ONLY, rwkv_version="x070", use_gqa=True, attn_every=4),  # GQA in every 4th layer
-    "microrwkv7": dict(model_type="microrwkv", rwkv_version="x070"),
-    "microrwkv7-top2": dict(model_type="microrwkv", rwkv_version="x070", num_experts=4,
+    "microrwkv7": dict(FULL, rwkv_version="x070"),
+    "microrwkv7-top2": dict(FULL, rwkv_version="x070", num_experts=4,
                             num_active_experts=2, window_size=256, expert_dim=768),
     "gpt": dict(model_type="gpt"),
 }

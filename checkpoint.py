@@ -23,6 +23,9 @@ from model import GPTConfig, build_model
 # saved before a field existed was initialised that way, so it is rebuilt (and a resumed run records it) with that
 # value, not with today's default ('rwkv' and 0.02 since).
 INIT_ONLY_FIELDS = {"init_scheme": "gpt2", "ln_emb_init": 1.0}
+# The same for the fields of the layout, whose defaults became pure RWKV-7: a checkpoint without rwkv_version
+# predates RWKV-7 blocks, and the block switches were on before.
+OLD_DEFAULTS = {**INIT_ONLY_FIELDS, "rwkv_version": "x051a", "use_swa": True, "use_gqa": True, "use_moe": True}
 
 
 class CheckpointError(ValueError):
@@ -76,7 +79,7 @@ def load_checkpoint(path, device="cpu", mmap=False):
 def model_from_checkpoint(ckpt, path="checkpoint", **overrides):
     """The model that a checkpoint describes, with its weights (overrides: GPTConfig fields, e.g. dropout)."""
     try:
-        model = build_model(GPTConfig(**{**INIT_ONLY_FIELDS, **ckpt["model_args"], **overrides}))
+        model = build_model(GPTConfig(**{**OLD_DEFAULTS, **ckpt["model_args"], **overrides}))
         # checkpoints of a torch.compile'd model, written by other tools, prefix every key
         model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
     except (TypeError, ValueError, RuntimeError) as e:

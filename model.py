@@ -15,7 +15,8 @@ Every block has a parallel form (training: the whole sequence at once) and a rec
 one token at a time, carrying a state). Both live side by side in the same class, and
 `forward_with_state` runs either from any state, so a prompt is prefilled in parallel and then decoded
 token by token. RWKV state is constant in size; the SWA cache holds exactly window_size - 1 entries; only
-GQA's cache grows with the context (switch it off with use_gqa=False for a constant-memory model).
+GQA's cache grows with the context. The default is pure RWKV-7 (TimeMix7 + ChannelMix7, use_swa, use_gqa
+and use_moe False): the README's results say why.
 
 There is no learned absolute position embedding in MicroRWKV (unless learned_pos=True, for ablations):
 RWKV's token shift and decay carry order, and the attention blocks use rotary embeddings, so generation
@@ -48,9 +49,10 @@ class GPTConfig:
     window_size: int = 256  # SWA: position t attends to t-window_size+1 .. t
     n_kv_head: int = 2  # GQA: key/value heads shared by n_head // n_kv_head query heads each
     aux_loss_weight: float = 0.01  # weight of the MoE load-balancing loss in the training loss
-    use_swa: bool = True
-    use_gqa: bool = True
-    use_moe: bool = True
+    # the default layout is pure RWKV-7: attention and MoE lost or tied where measured (README: results)
+    use_swa: bool = False
+    use_gqa: bool = False
+    use_moe: bool = False
     attn_every: int = 1  # SWA/GQA sub-layers only in every attn_every-th layer (the last of each group)
     layers: str = ""  # per-layer attention, one letter a layer: R (none), S (SWA), G (GQA), A (both); "" = from the 3 above
     head_size: int = 64  # RWKV TimeMix head size (the state per head is head_size x head_size)
@@ -60,7 +62,7 @@ class GPTConfig:
     ln_emb: bool = True  # MicroRWKV: LayerNorm on the token embedding (RWKV's ln0)
     ln_emb_init: float = 0.02  # initial gain of that LayerNorm; at 1 the embedding dwarfs the blocks (README: ablations)
     learned_pos: bool = False  # MicroRWKV: add a learned position embedding (wpe), as nanoGPT does
-    rwkv_version: str = "x051a"  # MicroRWKV's TimeMix/ChannelMix: "x051a" (RWKV-5) or "x070" (RWKV-7; chunk_len <= 64)
+    rwkv_version: str = "x070"  # MicroRWKV's TimeMix/ChannelMix: "x070" (RWKV-7; chunk_len <= 64) or "x051a" (RWKV-5)
     kernel: str = "torch"  # TimeMix's parallel form on CUDA: "torch" (pure PyTorch, the reference) | "fla" (fla-core's Triton kernels)
     lora_w: int = 0  # x070: rank of the decay LoRA (w1, w2); 0: lora_dim's rule (as for the next three)
     lora_a: int = 0  # x070: rank of the in-context learning rate LoRA (a1, a2)
@@ -1399,6 +1401,6 @@ def build_model(config):
 
 
 if __name__ == "__main__":
-    # The README table's configuration (config/train_tinystories.py): build it and print its size.
+    # The README's large configuration (config/train_tinystories.py, the defaults): build it and print its size.
     model = MicroRWKV(GPTConfig())
     print(f"MicroRWKV (README table config): {model.get_num_params() / 1e6:.2f}M parameters")

@@ -26,8 +26,9 @@ dataset = 'tinystories_sample'
 dtype = 'float32'
 compile = False
 
-# model: pure RWKV by default
+# model: pure RWKV x051a by default
 model_type = 'microrwkv'
+rwkv_version = 'x051a'
 use_swa = False
 use_gqa = False
 use_moe = False

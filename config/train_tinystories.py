@@ -1,8 +1,8 @@
-# MicroRWKV at the README table's size (8 x 768, 4 experts, 155.9M parameters) on TinyStories, for a GPU.
+# MicroRWKV at the README's large size (8 x 768, pure RWKV-7: GPTConfig's defaults) on TinyStories, for a GPU.
 # data:  python prepare_tinystories.py --num_stories 15000        (-> data/tinystories_15k)
 # train: python train.py config/train_tinystories.py
 #        torchrun --standalone --nproc_per_node=4 train.py config/train_tinystories.py   (4 GPUs: one micro-step each)
-# sample the checkpoint out/ckpt-500.pt of the README with resume_ckpt='ckpt-500'.
+# sample a checkpoint: python generate.py --out_dir=out --model_name=ckpt-500
 
 out_dir = 'out'
 dataset = 'tinystories_15k'
@@ -10,16 +10,17 @@ wandb_log = False  # override via command line if you like
 wandb_project = 'microrwkv'
 wandb_run_name = 'microrwkv-tinystories'
 
-# model: the README table
+# model: GPTConfig's defaults, spelled out
 model_type = 'microrwkv'
+rwkv_version = 'x070'
+use_swa = False
+use_gqa = False
+use_moe = False
 block_size = 1024
 vocab_size = 50304  # GPT-2's 50257 padded to a multiple of 64
 n_layer = 8
 n_head = 8
 n_embd = 768
-num_experts = 4
-num_active_experts = 4
-expert_dim = 512
 dropout = 0.0
 bias = False
 

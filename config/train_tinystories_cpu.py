@@ -1,4 +1,5 @@
-# A small MicroRWKV that visibly learns TinyStories in ~5 minutes on 2 CPU cores.
+# A small MicroRWKV that visibly learns TinyStories in ~5 minutes on 2 CPU cores: the default layout,
+# pure RWKV-7 (README: what does attention buy?); x051a blocks are --rwkv_version=x051a --chunk_len=32.
 # data:  python prepare_tinystories.py --source ../shared/data/tinystories/train_sample_lower.txt --name tinystories_sample
 #        (or any TinyStories .txt file; 10% of its stories are held out for val)
 # train: python train.py config/train_tinystories_cpu.py
@@ -11,15 +12,20 @@ dtype = 'float32'
 compile = False
 
 model_type = 'microrwkv'
+rwkv_version = 'x070'
+use_swa = False
+use_gqa = False
+use_moe = False
 block_size = 128
 vocab_size = 50304
 n_layer = 4
 n_head = 4
 n_embd = 128
 head_size = 32  # 4 RWKV heads of 32
+chunk_len = 16
+# used only when switched on (use_swa / use_gqa / use_moe, or layers)
 n_kv_head = 2  # GQA: 2 query heads per key/value head
 window_size = 64  # SWA
-chunk_len = 32
 num_experts = 4
 num_active_experts = 2  # top-2 routing, so the load-balancing loss has something to do
 expert_dim = 256

@@ -117,7 +117,8 @@ def test_param_bytes_read_by_hand():
     assert bench.param_bytes_read(gpt) == tiny_gpt_param_bytes(V, C, L, 64, FLOAT32)
     # MicroRWKV with a top-2-of-4 MoE: every parameter (the tied wte / lm_head once) but 2 of the 4 experts
     config = GPTConfig(vocab_size=V, n_embd=C, n_layer=L, n_head=H, head_size=16, n_kv_head=1, window_size=8,
-                       num_experts=4, num_active_experts=2, expert_dim=24, bias=True)
+                       num_experts=4, num_active_experts=2, expert_dim=24, bias=True, rwkv_version="x051a",
+                       use_swa=True, use_gqa=True, use_moe=True)
     model = build_model(config)
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}  # named_parameters: tied once
     assert "lm_head.weight" not in shapes and shapes["wte.weight"] == (V, C)
@@ -258,7 +259,9 @@ def test_inference_default_paths_are_under_out(tmp_path, monkeypatch):
 
 def decoded_state(overrides, steps=5, prompt=12):
     """The state of a tiny model after prefilling a prompt and decoding `steps` tokens one at a time."""
-    config = GPTConfig(n_layer=2, n_embd=64, n_head=4, vocab_size=256, block_size=64, window_size=8, **overrides)
+    layout = {k: bench.DEFAULTS[k] for k in ("rwkv_version", "use_swa", "use_gqa", "use_moe")}  # the benchmark's
+    config = GPTConfig(**{**layout, **overrides}, n_layer=2, n_embd=64, n_head=4, vocab_size=256, block_size=64,
+                       window_size=8)
     model = build_model(config).eval()
     with torch.no_grad():
         logits, state = model.forward_with_state(torch.randint(0, 256, (1, prompt)))

@@ -45,11 +45,11 @@ def test_default_config(tmp_path, capsys):
     assert rc == 0 and err == ""
     check_png(out_png)
     assert f"wrote {out_png}" in out
-    C, N, H = 768, 64, 12  # GPTConfig defaults: n_embd 768, head_size 64, n_head 8, n_kv_head 2, window 256
+    C, N, H = 768, 64, 12  # GPTConfig defaults: pure RWKV-7, n_embd 768, head_size 64, 8 layers
     s = sizes(out)
-    assert s["TimeMix"] == 4 * (C + H * N * N)
-    assert s["SWA"] == 2 * 255 * C * 4
-    assert s["GQA"] == f"{2 * 2 * (C // 8) * 4}/token"
+    assert s["TimeMix"] == 4 * (C + H * N * N) and s["ChannelMix"] == 4 * C
+    assert s["SWA"] == s["GQA"] == s["TinyMoE"] == "off"
+    assert s["model"] == 8 * (4 * (C + H * N * N) + 4 * C)
 
 
 def test_tinystories_cpu_config(tmp_path, capsys):
@@ -57,19 +57,26 @@ def test_tinystories_cpu_config(tmp_path, capsys):
     rc, out, _ = run(["--config", str(ROOT / "config/train_tinystories_cpu.py"), "--out", str(out_png)], capsys)
     assert rc == 0
     check_png(out_png)
-    s = sizes(out)  # n_embd 128, head_size 32, n_head 4, n_kv_head 2, window_size 64, n_layer 4
+    s = sizes(out)  # pure RWKV-7: n_embd 128, head_size 32, n_head 4, n_layer 4
     assert s["TimeMix"] == 4 * (128 + 4 * 32 * 32) == 16896
     assert s["ChannelMix"] == 4 * 128
-    assert s["SWA"] == 2 * 63 * 128 * 4
-    assert s["GQA"] == "512/token"  # 2 x n_kv_head 2 x head_dim 32 x 4 bytes
-    assert s["TinyMoE"] == 0
+    assert s["SWA"] == s["GQA"] == s["TinyMoE"] == "off"
+    assert s["model"] == 4 * (16896 + 512)
+    # with every block on: SWA keeps window_size - 1 keys and values, GQA 2 x n_kv_head 2 x head_dim 32 floats a token
+    full = tmp_path / "full.py"
+    full.write_text((ROOT / "config/train_tinystories_cpu.py").read_text()
+                    + "use_swa = True\nuse_gqa = True\nuse_moe = True\n")
+    rc, out, _ = run(["--config", str(full), "--out", str(tmp_path / "full.png")], capsys)
+    s = sizes(out)
+    assert rc == 0 and s["SWA"] == 2 * 63 * 128 * 4 and s["GQA"] == "512/token" and s["TinyMoE"] == 0
     assert s["model"] == 4 * (16896 + 512 + 64512)
 
 
 def test_sizes_by_hand(tmp_path, capsys):
     cfg = tmp_path / "small.py"
     cfg.write_text("n_layer = 2\nn_embd = 128\nhead_size = 32\nn_head = 4\nn_kv_head = 1\nwindow_size = 9\n"
-                   "block_size = n_embd\nbatch_size = 3  # a train.py key: ignored\n")
+                   "block_size = n_embd\nrwkv_version = 'x051a'\nuse_swa = True\nuse_gqa = True\nuse_moe = True\n"
+                   "batch_size = 3  # a train.py key: ignored\n")
     rc, out, _ = run(["--config", str(cfg), "--out", str(tmp_path / "l.png")], capsys)
     assert rc == 0
     C, N = 128, 32
@@ -83,7 +90,7 @@ def test_sizes_by_hand(tmp_path, capsys):
 def test_switches_and_attn_every(tmp_path, capsys):
     cfg = tmp_path / "sw.py"
     cfg.write_text("n_layer = 4\nn_embd = 64\nhead_size = 16\nn_head = 2\nwindow_size = 5\n"
-                   "use_gqa = False\nuse_moe = False\nattn_every = 2\n")
+                   "use_swa = True\nattn_every = 2\n")
     rc, out, _ = run(["--config", str(cfg), "--out", str(tmp_path / "l.png")], capsys)
     assert rc == 0
     s = sizes(out)
@@ -97,7 +104,7 @@ def test_switches_and_attn_every(tmp_path, capsys):
 def test_layers_pattern_counts_each_block_where_it_is(tmp_path, capsys):
     cfg = tmp_path / "pattern.py"
     cfg.write_text("n_layer = 4\nn_embd = 64\nhead_size = 16\nn_head = 2\nn_kv_head = 1\nwindow_size = 5\n"
-                   "use_moe = False\nlayers = 'SSRG'\n")
+                   "layers = 'SSRG'\n")
     rc, out, _ = run(["--config", str(cfg), "--out", str(tmp_path / "l.png")], capsys)
     assert rc == 0
     s = sizes(out)

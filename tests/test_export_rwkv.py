@@ -47,8 +47,8 @@ def runtime(v7=False):
 
 
 def small_config(**kw):
-    base = dict(n_layer=3, n_embd=128, head_size=32, vocab_size=512, chunk_len=16, block_size=64, bias=False,
-                dropout=0.0, use_swa=False, use_gqa=False, use_moe=False, n_head=4, n_kv_head=2, window_size=8,
+    base = dict(rwkv_version="x051a", n_layer=3, n_embd=128, head_size=32, vocab_size=512, chunk_len=16, block_size=64,
+                bias=False, dropout=0.0, use_swa=False, use_gqa=False, use_moe=False, n_head=4, n_kv_head=2, window_size=8,
                 num_experts=2, num_active_experts=1, expert_dim=64)
     return GPTConfig(**{**base, **kw})
 

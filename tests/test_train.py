@@ -26,7 +26,8 @@ from conftest import ROOT, SAMPLE
 TINY = ["--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=1", "--head_size=16", "--block_size=32",
         "--window_size=16", "--chunk_len=16", "--num_experts=2", "--num_active_experts=1", "--expert_dim=32",
         "--batch_size=4", "--learning_rate=1e-2", "--min_lr=1e-3", "--warmup_iters=2", "--eval_iters=2",
-        "--log_interval=1", "--num_threads=1", "--device=cpu", "--dtype=float32", "--compile=False", "--seed=7", "--beta2=0.99"]
+        "--log_interval=1", "--num_threads=1", "--device=cpu", "--dtype=float32", "--compile=False", "--seed=7", "--beta2=0.99",
+        "--rwkv_version=x051a", "--use_swa=True", "--use_gqa=True", "--use_moe=True"]  # every block
 LOG_LINE = re.compile(r"^iter (\d+): loss [\d.]+, aux [\d.]+, lr [\d.e+-]+, time [\d.]+ ms, tok/s [\d,]+, "
                       r"[\d.]+ TFLOP/s(?:, mfu [\d.]+%)?$", re.M)
 

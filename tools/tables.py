@@ -71,18 +71,22 @@ def ce_table(path, rows, seeds=(1337, 1338, 1339), extra=None):
     return table(head + (extra[0] if extra else []), out)
 
 
+CPU = "assets/tinystories_cpu/ablate_runs.json"
+
+
 def quality_vs_gpt():
-    return ce_table("assets/tinystories_cpu/ablate_runs.json", [
-        ("rwkv7", "MicroRWKV, RWKV-7 blocks (`rwkv7`)", "gpt"),
-        ("rwkv", "MicroRWKV, x051a blocks (`rwkv`)", "gpt"),
+    return ce_table(CPU, [
+        ("rwkv", "MicroRWKV: pure RWKV-7, the default (`rwkv`)", "gpt"),
+        ("full-no-attn", "with the mixture of experts (`full-no-attn`)", "rwkv"),
+        ("full7", "with every block: SWA, GQA and MoE (`full7`)", "rwkv"),
         ("gpt", "GPT (`gpt`)", None)])
 
 
-def tinystories_cpu():
-    return ce_table("assets/tinystories_cpu/ablate_runs.json", [
-        ("rwkv7", "MicroRWKV, RWKV-7 blocks (`rwkv7`)", "rwkv"),
+def tinystories_cpu_full_layer():
+    return ce_table("assets/tinystories_cpu/full_layer/ablate_runs.json", [
+        ("rwkv7", "the full layer, RWKV-7 blocks (`rwkv7`)", "rwkv"),
         ("rwkv7-ln-emb-1", "the same, ln0's gain starting at 1 (`rwkv7-ln-emb-1`)", "rwkv7"),
-        ("rwkv", "MicroRWKV, x051a blocks, RWKV's init (`rwkv`)", "gpt"),
+        ("rwkv", "the full layer, x051a blocks, RWKV's init (`rwkv`)", "gpt"),
         ("rwkv-init-gpt2", "the same with GPT-2's init (`rwkv-init-gpt2`)", "rwkv"),
         ("gpt", "GPT (`gpt`)", None)])
 
