@@ -270,7 +270,7 @@ def training_cpu_notes():
 def model_size():
     with open(os.path.join(ROOT, "assets/model_size.txt")) as f:
         n = float(re.search(r"([\d.]+)M parameters", f.read()).group(1))
-    return f"The table's model (`config/train_tinystories.py`) has {n:.1f}M parameters (`python model.py`, output in `assets/model_size.txt`).\n"
+    return f"The defaults are `config/train_tinystories.py`'s model, {n:.1f}M parameters (`python model.py`, output in `assets/model_size.txt`).\n"
 
 
 # ----------------------------------------------------------------------------------------------------
