@@ -15,13 +15,16 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 V = 97  # a small vocabulary keeps the model tests fast
 
 
+# every block on, with x051a TimeMix: the layout the tests were written for (the default is pure RWKV-7)
+FULL_X051A = dict(rwkv_version="x051a", use_swa=True, use_gqa=True, use_moe=True)
+
+
 def tiny_config(**overrides):
     """All five blocks (x051a TimeMix), small: window 8 and chunk 16 so that T=45 crosses both (45 is no
     multiple of 16)."""
     from model import GPTConfig
     args = dict(block_size=64, vocab_size=V, n_layer=2, n_head=4, n_embd=32, head_size=8, chunk_len=16,
-                window_size=8, n_kv_head=2, num_experts=4, num_active_experts=2, expert_dim=48,
-                rwkv_version="x051a", use_swa=True, use_gqa=True, use_moe=True)
+                window_size=8, n_kv_head=2, num_experts=4, num_active_experts=2, expert_dim=48, **FULL_X051A)
     args.update(overrides)
     return GPTConfig(**args)
 

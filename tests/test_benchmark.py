@@ -15,6 +15,7 @@ import torch
 import benchmark_inference_time as bench
 import benchmark_training
 import checkpoint
+from conftest import FULL_X051A
 from model import GPTConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +118,7 @@ def test_param_bytes_read_by_hand():
     assert bench.param_bytes_read(gpt) == tiny_gpt_param_bytes(V, C, L, 64, FLOAT32)
     # MicroRWKV with a top-2-of-4 MoE: every parameter (the tied wte / lm_head once) but 2 of the 4 experts
     config = GPTConfig(vocab_size=V, n_embd=C, n_layer=L, n_head=H, head_size=16, n_kv_head=1, window_size=8,
-                       num_experts=4, num_active_experts=2, expert_dim=24, bias=True, rwkv_version="x051a",
-                       use_swa=True, use_gqa=True, use_moe=True)
+                       num_experts=4, num_active_experts=2, expert_dim=24, bias=True, **FULL_X051A)
     model = build_model(config)
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}  # named_parameters: tied once
     assert "lm_head.weight" not in shapes and shapes["wte.weight"] == (V, C)

@@ -16,12 +16,11 @@ import generate  # noqa: E402
 import model as model_module  # noqa: E402
 from model import GPTConfig, build_model  # noqa: E402
 
-from conftest import ROOT  # noqa: E402
+from conftest import FULL_X051A, ROOT  # noqa: E402
 EOT = 50256
 # block_size 16 and window 8, so that 120 tokens run far past both; GPT needs its positions for the whole run
 TINY = dict(block_size=16, n_layer=2, n_head=2, n_embd=32, head_size=16, n_kv_head=1, window_size=8,
-            num_experts=4, num_active_experts=2, expert_dim=32, chunk_len=8,
-            rwkv_version="x051a", use_swa=True, use_gqa=True, use_moe=True)  # every block
+            num_experts=4, num_active_experts=2, expert_dim=32, chunk_len=8, **FULL_X051A)
 TINY_GPT = dict(TINY, model_type="gpt", block_size=128)
 # groups: prompt tokens, generated tokens ("3, 6, 10" for a batch), mode, decode speed, dtype
 SPEED = re.compile(r"^\[prompt (\d+) tokens \| generated ([\d, ]+) tokens(?: in a batch of \d+)? \| prefill "

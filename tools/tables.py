@@ -71,11 +71,8 @@ def ce_table(path, rows, seeds=(1337, 1338, 1339), extra=None):
     return table(head + (extra[0] if extra else []), out)
 
 
-CPU = "assets/tinystories_cpu/ablate_runs.json"
-
-
 def quality_vs_gpt():
-    return ce_table(CPU, [
+    return ce_table("assets/tinystories_cpu/ablate_runs.json", [
         ("rwkv", "MicroRWKV: pure RWKV-7, the default (`rwkv`)", "gpt"),
         ("full-no-attn", "with the mixture of experts (`full-no-attn`)", "rwkv"),
         ("full7", "with every block: SWA, GQA and MoE (`full7`)", "rwkv"),
