@@ -11,9 +11,9 @@ from the embedding), imports it with import_rwkv.py and loads the same file into
   equality: the max relative logit error (max |ours - runtime| / max |runtime|) over --seq_len random tokens,
             in sequence mode and token by token; and --greedy greedy tokens after a World-tokenized prompt,
             ours through generate.py's decoding (prefill, then token_stream) against the runtime's loop
-  speed:    decode tokens/s, batch 1, float32, --threads threads: the runtime, our generate.py path, and our
-            fastest path (generate.py --dtype bfloat16: the same model with bfloat16 weights, its state and
-            decays in float32; --best_dtype float32 makes it the float32 model again), taking turns
+  speed:    decode tokens/s, batch 1, float32, --threads threads: the runtime, our generate.py path (decode.py's
+            step), and our fastest path (generate.py --dtype bfloat16: the same model with bfloat16 weights,
+            its state and decays in float32; --best_dtype float32 makes it the float32 model again), taking turns
             in each of --repeats rounds so that machine load hits all alike; median, min and max, and the
             ratio of medians to the runtime.
 Outputs: out_dir/benchmark_rwkv_runtime.json (every raw figure) and the printed report.

@@ -13,6 +13,7 @@ import_rwkv.py), and so does its tokenizer: GPT-2's BPE, or RWKV World (official
 <|endoftext|> is id 0).
 The prompt is prefilled once in parallel, then every new token costs one recurrent step:
 constant time per token for MicroRWKV's RWKV/SWA blocks, at any position, and past block_size.
+Pure RWKV-7 models take that step through decode.py (the same math in far fewer calls).
 GPT checkpoints work too, within their learned positions: a longer prompt is cropped to its last
 block_size tokens, and a full KV cache is re-prefilled with the last block_size // 2 tokens
 (GPT.context_window).
@@ -62,6 +63,7 @@ import torch
 import tokenizer
 from checkpoint import INIT_ONLY_FIELDS, CheckpointError, cast_weights, checkpoint_path, load_checkpoint, \
     model_from_checkpoint, one_line, save_checkpoint
+from decode import decoder_for
 from model import GPTConfig, KVCache, LayerState, TimeMixState, sample
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -197,12 +199,13 @@ def token_stream(model, idx, start, max_new_tokens, pick, batch=1):
     for `batch` rows at once, each row's token chosen by pick(logits (batch, vocab)) -> (batch, 1)."""
     logits, state = repeat_rows(start[0], batch), repeat_rows(start[1], batch)
     history = [idx.expand(batch, -1)]  # the context in pieces (GPT re-prefills from it when its cache is full)
+    decoder = decoder_for(model)  # pure RWKV-7: decode.py's step, the same function with fewer calls
     for i in range(max_new_tokens):
         idx_next = pick(logits)
         yield idx_next
         if i + 1 < max_new_tokens:
             history.append(idx_next)
-            logits, state = model.next_state(history, state)
+            logits, state = decoder.next_state(history, state)
             logits = logits[:, -1]
 
 

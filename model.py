@@ -177,17 +177,22 @@ class Linear(nn.Linear):
     threads: 1.19 against 1.80 ms; 768 x 3072: 130 against 192 us; float32 the same either way)."""
 
     def forward(self, x):
-        rows = x.reshape(-1, x.shape[-1])
-        if x.device.type != "cpu" or rows.shape[0] > 16:
-            return super().forward(x)
-        if rows.shape[0] == 1:
-            # W @ x is torch.mv for a vector x, and under autocast it returns the autocast dtype as every path does
-            y = self.weight @ rows[0]
-        else:
-            y = (self.weight @ rows.T).T
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return linear(x, self.weight, self.bias)
+
+
+def linear(x, weight, bias=None):
+    """F.linear(x, weight, bias), by Linear's decoding path on CPU when x has at most 16 rows."""
+    rows = x.reshape(-1, x.shape[-1])
+    if x.device.type != "cpu" or rows.shape[0] > 16:
+        return F.linear(x, weight, bias)
+    if rows.shape[0] == 1:
+        # W @ x is torch.mv for a vector x, and under autocast it returns the autocast dtype as every path does
+        y = weight @ rows[0]
+    else:
+        y = (weight @ rows.T).T
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------------
