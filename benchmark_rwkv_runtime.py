@@ -12,8 +12,9 @@ from the embedding), imports it with import_rwkv.py and loads the same file into
             in sequence mode and token by token; and --greedy greedy tokens after a World-tokenized prompt,
             ours through generate.py's decoding (prefill, then token_stream) against the runtime's loop
   speed:    decode tokens/s, batch 1, float32, --threads threads: the runtime, our generate.py path (decode.py's
-            step), and our fastest path (generate.py --dtype bfloat16: the same model with bfloat16 weights,
-            its state and decays in float32; --best_dtype float32 makes it the float32 model again), taking turns
+            step), and our fastest path (--best_dtype: int8 is generate.py --int8, the float32 model decoded through
+            int8 copies of its matrices; bfloat16 is generate.py --dtype bfloat16, the same model with bfloat16
+            weights, its state and decays in float32; float32 is the generate.py path again), taking turns
             in each of --repeats rounds so that machine load hits all alike; median, min and max, and the
             ratio of medians to the runtime.
 Outputs: out_dir/benchmark_rwkv_runtime.json (every raw figure) and the printed report.
@@ -31,6 +32,7 @@ import torch
 import generate
 import import_rwkv
 from checkpoint import cast_weights
+from decode import decoder_for
 from model import MicroRWKV
 from tokenizer import get_tokenizer
 
@@ -105,10 +107,11 @@ def runtime_greedy(rt, prompt_ids, n):
 
 
 @torch.no_grad()
-def ours_greedy(model, prompt_ids, n):
+def ours_greedy(model, prompt_ids, n, decoder=None):
     """n greedy tokens through generate.py's decoding (prefill, token_stream), and the decode steps' time."""
     idx = torch.tensor([prompt_ids])
-    steps = generate.token_stream(model, idx, generate.prefill(model, idx), n, lambda lg: lg.argmax(-1, keepdim=True))
+    steps = generate.token_stream(model, idx, generate.prefill(model, idx), n, lambda lg: lg.argmax(-1, keepdim=True),
+                                  decoder=decoder)
     out = [int(next(steps))]
     t0 = time.perf_counter()
     out += [int(t) for t in steps]
@@ -135,8 +138,9 @@ def main(argv=None):
     p.add_argument("--decode", type=int, default=64, help="tokens decoded per timed run")
     p.add_argument("--repeats", type=int, default=3, help="rounds of the speed comparison")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--best_dtype", choices=["float32", "bfloat16"], default="bfloat16",
-                   help="weights of 'our fastest path' (float32: the generate.py model itself)")
+    p.add_argument("--best_dtype", choices=["float32", "bfloat16", "int8"], default="int8",
+                   help="weights of 'our fastest path' (float32: the generate.py model itself; int8: generate.py "
+                        "--int8)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -176,12 +180,14 @@ def main(argv=None):
     print(f"greedy: {same} of {args.greedy} tokens identical ({len(set(theirs))} distinct tokens; smallest top-1 "
           f"vs top-2 logit margin {margin:.3g})")
 
-    best = model
-    if args.best_dtype != "float32":
+    best, best_decoder = model, None
+    if args.best_dtype == "int8":
+        best_decoder = decoder_for(model, int8=True)
+    elif args.best_dtype != "float32":
         best = cast_weights(MicroRWKV(config).eval(), getattr(torch, args.best_dtype))
         best.load_state_dict(model.state_dict())
-    if best is not model:  # another dtype: how far its greedy tokens follow the runtime's (reported, not required)
-        best_tokens, _ = ours_greedy(best, prompt_ids, args.greedy)
+    if args.best_dtype != "float32":  # how far its greedy tokens follow the runtime's (reported, not required)
+        best_tokens, _ = ours_greedy(best, prompt_ids, args.greedy, best_decoder)
         report["greedy"]["best_identical_prefix"] = next(
             (i for i, (a, b) in enumerate(zip(best_tokens, theirs)) if a != b), len(best_tokens))
         print(f"greedy, {args.best_dtype} weights: {report['greedy']['best_identical_prefix']} of {args.greedy} "
@@ -193,7 +199,8 @@ def main(argv=None):
             if name == "runtime":
                 _, dt, _ = runtime_greedy(rt, prompt_ids, n)
             else:
-                _, dt = ours_greedy(model if name == "generate.py" else best, prompt_ids, n)
+                _, dt = ours_greedy(model, prompt_ids, n) if name == "generate.py" else \
+                    ours_greedy(best, prompt_ids, n, best_decoder)
             rates[name].append(args.decode / dt)
         print(f"round {rep + 1}: " + ", ".join(f"{k} {v[-1]:.1f} tok/s" for k, v in rates.items()))
     report["decode_tok_s"] = {k: summary(v) for k, v in rates.items()}

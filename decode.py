@@ -15,6 +15,11 @@ per layer:
 The equations are TimeMix7's (model.py), in the same order; tests/test_decode.py checks the logits and every
 state tensor against the model's own recurrent step in float64.
 
+Decoder(model, int8=True) multiplies int8 copies of the projection and head weights instead (one scale per
+output row, absmax / 127; bf16 activations, by torch's weight-only int8 kernel, _weight_int8pack_mm): a
+quarter of float32's bytes to stream per token. Everything else stays as above, in float32. Its logits are
+the float32 model's within about 1% of their range, not equal to them (tests/test_decode.py).
+
 Decoder(model).next_state(history, state) stands in for model.next_state: model.py's LayerStates (S in
 float32) and the same logits (the head is the model's, so hooks on it apply). With bf16 weights the residual
 stream and the token-shift states stay in float32, where the model's own step rounds them to bf16. Other
@@ -29,17 +34,22 @@ import torch.nn.functional as F
 from model import DECAY_SCALE, LayerState, MicroRWKV, TimeMixState, linear
 
 
-def decoder_for(model):
-    """A Decoder for a pure RWKV-7 MicroRWKV, else the model itself (both have next_state)."""
+def is_pure_rwkv7(model):
     cfg = model.config
-    pure = isinstance(model, MicroRWKV) and cfg.rwkv_version == "x070" and not cfg.learned_pos and \
+    return isinstance(model, MicroRWKV) and cfg.rwkv_version == "x070" and not cfg.learned_pos and \
         all(b.swa is None and b.gqa is None and b.moe is None for b in model.blocks)
-    return Decoder(model) if pure else model
+
+
+def decoder_for(model, int8=False):
+    """A Decoder for a pure RWKV-7 MicroRWKV, else the model itself (both have next_state); int8 needs the former."""
+    if int8 and not is_pure_rwkv7(model):
+        raise ValueError("int8 decoding needs a pure RWKV-7 model (x070, no SWA, GQA, MoE or learned positions)")
+    return Decoder(model, int8) if is_pure_rwkv7(model) else model
 
 
 class Decoder:
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, int8=False):
+        self.model, self.int8 = model, int8
         t0 = model.blocks[0].tmix
         self.dt = torch.promote_types(t0.w0.dtype, torch.float32)  # the compute dtype: float64 for a float64 model
         self.C, self.H, self.N = model.config.n_embd, t0.n_head, t0.head_size
@@ -47,7 +57,8 @@ class Decoder:
         norm = lambda ln: (vec(ln.weight), None if ln.bias is None else vec(ln.bias), ln.eps)
         self.ln_in = norm(model.ln_in) if isinstance(model.ln_in, torch.nn.LayerNorm) else None
         self.ln_f = norm(model.ln_f)
-        self.matrix(model.lm_head)  # the head stays the model's module (hooks on it apply), column-major too
+        head = self.matrix(model.lm_head)  # int8: a copy; else the model's module multiplies it (hooks apply)
+        self.head = head if int8 else None
         self.layers = []
         for block in model.blocks:
             t, c = block.tmix, block.cmix
@@ -63,8 +74,13 @@ class Decoder:
     def matrix(self, module):
         """What linear() multiplies by: a float32 (float64) weight as its transpose W^T (in, out), re-laid out in
         place, so that the model's weight becomes a column-major view of the same memory (the same values; the
-        model's own products take either layout); any other weight (bf16) as it is."""
+        model's own products take either layout); any other weight (bf16) as it is. With int8: (int8 W, bf16 scale
+        per row), the scale rounded to bf16 before it divides W, so that scale * int8 is the closest to W."""
         W = module.weight
+        if self.int8:
+            scale = (W.detach().float().abs().amax(1) / 127).clamp_min(1e-30).to(torch.bfloat16)
+            W = (W.detach().float() / scale.float().unsqueeze(1)).round().clamp(-128, 127)
+            return W.to(torch.int8).contiguous(), scale
         if W.dtype != self.dt:
             return W
         if W.stride() != (1, W.shape[0]):
@@ -75,6 +91,8 @@ class Decoder:
         """x (B, in) times a matrix from matrix(), in the compute dtype. One row (B = 1) in float32 reads W^T row by
         row (x @ W^T, the runtime's layout: measured faster than torch.mv on the row-major W); in bf16, torch.mv
         on W (out, in) is the fast one (model.Linear)."""
+        if isinstance(W, tuple):  # int8
+            return torch._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), *W).to(self.dt)
         if W.dtype == self.dt:
             return x @ W
         return linear(x.to(W.dtype), W).to(self.dt)
@@ -114,4 +132,10 @@ class Decoder:
             x = x + self.linear(torch.relu(self.linear(torch.lerp(xc, cmix_prev.to(dt), L.ffn_mix), L.FK)).square(), L.FV)
             new_state.append(LayerState(TimeMixState(xt, S.view(B, H, N, N)), xc, pos=s.pos + 1))
         x = F.layer_norm(x, (C,), *self.ln_f)
+        if self.head is not None:  # int8: the head's product is ours, its forward hooks (generate.py's) still apply
+            logits = self.linear(x, self.head)
+            for hook in m.lm_head._forward_hooks.values():
+                out = hook(m.lm_head, (x,), logits)
+                logits = logits if out is None else out
+            return logits.unsqueeze(1), new_state
         return m.lm_head(x.to(m.lm_head.weight.dtype)).unsqueeze(1), new_state

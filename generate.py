@@ -95,6 +95,10 @@ def parse_args(argv):
     p.add_argument("--dtype", choices=list(DTYPES),
                    help="dtype of the weights (float16: not on CPU); default: bfloat16 on GPUs that support it, "
                         "else float32")
+    p.add_argument("--int8", action="store_true",
+                   help="pure RWKV-7 on CPU: decode with int8 copies of the matrices (one scale per row; the prompt "
+                        "is prefilled by the model as it is): about a quarter of float32's bytes per token, logits "
+                        "within about 1%% of float32's")
     p.add_argument("--stream", action="store_true", help="print each token as soon as it is sampled")
     p.add_argument("--stop_at_eot", action="store_true", help="end a sample at <|endoftext|> (not printed)")
     p.add_argument("--recompute", action="store_true",
@@ -194,12 +198,14 @@ def repeat_rows(obj, n):
 
 
 @torch.no_grad()
-def token_stream(model, idx, start, max_new_tokens, pick, batch=1):
+def token_stream(model, idx, start, max_new_tokens, pick, batch=1, decoder=None):
     """model.generate_stream from a prefilled start = (logits (1, vocab), state) after the prompt idx (1, T),
-    for `batch` rows at once, each row's token chosen by pick(logits (batch, vocab)) -> (batch, 1)."""
+    for `batch` rows at once, each row's token chosen by pick(logits (batch, vocab)) -> (batch, 1). Each step is
+    decoder.next_state, by default decoder_for(model)'s: for pure RWKV-7, decode.py's step (the same function
+    with fewer calls), else the model's own."""
     logits, state = repeat_rows(start[0], batch), repeat_rows(start[1], batch)
     history = [idx.expand(batch, -1)]  # the context in pieces (GPT re-prefills from it when its cache is full)
-    decoder = decoder_for(model)  # pure RWKV-7: decode.py's step, the same function with fewer calls
+    decoder = decoder or decoder_for(model)
     for i in range(max_new_tokens):
         idx_next = pick(logits)
         yield idx_next
@@ -355,6 +361,8 @@ def check_args(args):
         die("give --save_state or --load_state, not both")
     if args.recompute and (args.load_state or args.save_state):
         die("--recompute keeps no state to save or load (it re-reads the whole context for every token)")
+    if args.int8 and (args.recompute or args.device != "cpu"):
+        die("--int8 is a CPU decoding path: drop --recompute, use --device=cpu")
 
 
 def main(argv=None):
@@ -401,6 +409,10 @@ def main(argv=None):
     if any(i >= cfg.vocab_size for i in prompt_ids):
         die(f"the prompt has tokens outside the model's vocab_size={cfg.vocab_size}")
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    try:
+        decoder = decoder_for(model, args.int8)  # made once for every sample: int8 copies take a while
+    except ValueError as e:
+        die(f"--int8: {e}")
 
     top_k = args.top_k or None
     mode = "recompute" if args.recompute else "recurrent"
@@ -428,7 +440,7 @@ def main(argv=None):
                 save_state(args.save_state, model, weights, checkpoint_path(args.out_dir, args.model_name), dtype,
                            prompt, prompt_ids, *run_start)
             pick = lambda logits: sample_rows(logits, args.temperature, top_k, args.top_p, generators)
-            steps = token_stream(model, idx, run_start, args.max_num_tokens, pick, B)
+            steps = token_stream(model, idx, run_start, args.max_num_tokens, pick, B, decoder)
         times = []  # times[0]: prefill + 1st token; then one entry per token
         with torch.no_grad():
             for n_new in range(1, args.max_num_tokens + 1):

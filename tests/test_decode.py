@@ -83,3 +83,25 @@ def test_generate_decodes_pure_rwkv7_through_the_decoder(official, monkeypatch):
     idx = torch.tensor([[1, 2, 3]])
     out = list(generate.token_stream(official, idx, generate.prefill(official, idx), 5, lambda lg: lg.argmax(-1, keepdim=True)))
     assert len(out) == 5 and len(calls) == 4
+
+
+@torch.no_grad()
+def test_int8_weights_follow_the_float32_model(official):
+    gen = torch.Generator().manual_seed(2)
+    prompt, tokens = torch.randint(0, V, (2, 5), generator=gen), torch.randint(0, V, (2, 8), generator=gen)
+    ref, ref_state = steps(official, official, prompt, tokens)
+    decoder = Decoder(official, int8=True)
+    assert decoder.layers[0].R[0].dtype == decoder.head[0].dtype == torch.int8
+    ours, state = steps(decoder, official, prompt, tokens)
+    assert ours.dtype == state[0].tmix.S.dtype == torch.float32
+    err = ((ours - ref).abs().max() / ref.abs().max()).item()
+    assert 1e-4 < err < 0.03  # int8 rounding (about 0.4% of each row's largest weight), not a wrong formula
+    # the head's forward hooks still apply (generate.py masks the padding ids with one)
+    handle = official.lm_head.register_forward_hook(lambda m, a, logits: logits.index_fill(-1, torch.arange(290, V), -1e9))
+    try:
+        masked, _ = steps(decoder, official, prompt, tokens[:, :1])
+    finally:
+        handle.remove()
+    assert (masked[:, 1, 290:] == -1e9).all() and (masked[:, 1, :290] == ours[:, 1, :290]).all()
+    with pytest.raises(ValueError, match="pure RWKV-7"):
+        decoder_for(MicroRWKV(tiny_config(**FULL_X051A)), int8=True)

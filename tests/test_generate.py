@@ -63,6 +63,7 @@ def out_dir(tmp_path_factory):
     save(rwkv, out / "ckpt.pt")
     save(rwkv, out / "ckpt-500.pt")
     save(tiny_model(**TINY_GPT), out / "gpt.pt")
+    save(tiny_model(rwkv_version="x070", use_swa=False, use_gqa=False, use_moe=False), out / "rwkv7.pt")
     return out
 
 
@@ -234,7 +235,7 @@ def test_help_lists_every_flag(capsys):
     help_text = capsys.readouterr().out
     for flag in ("--prompt", "--prompt_file", "--max_num_tokens", "--model_name", "--out_dir", "--temperature",
                  "--top_k", "--top_p", "--seed", "--num_samples", "--device", "--dtype", "--stream",
-                 "--stop_at_eot", "--recompute", "--batch", "--save_state", "--load_state"):
+                 "--stop_at_eot", "--recompute", "--batch", "--save_state", "--load_state", "--int8"):
         assert flag + " " in help_text or flag + "\n" in help_text, flag
 
 
@@ -244,7 +245,7 @@ def test_help_lists_every_flag(capsys):
 
 def test_missing_checkpoint_lists_what_exists(out_dir, capsys, tmp_path):
     assert fails(capsys, out_dir, "--model_name=ckpt-9") == \
-        f"error: no checkpoint 'ckpt-9' in {out_dir}; found: ckpt, ckpt-500, gpt"
+        f"error: no checkpoint 'ckpt-9' in {out_dir}; found: ckpt, ckpt-500, gpt, rwkv7"
     assert "found: none (train one with `python train.py`)" in fails(capsys, tmp_path / "nothing")
     run(capsys, out_dir, "--model_name=ckpt-500.pt", "--max_num_tokens=1")  # the extension is optional
 
@@ -278,6 +279,8 @@ def test_files_that_are_not_checkpoints(capsys, tmp_path):
     ("--load_state=x.state --prompt_file=p.txt", "--load_state continues the prompt saved in its file"),
     ("--load_state=x.state --save_state=y.state", "give --save_state or --load_state, not both"),
     ("--save_state=y.state --recompute", "--recompute keeps no state"),
+    ("--int8 --recompute", "--int8 is a CPU decoding path"),
+    ("--int8", "--int8: int8 decoding needs a pure RWKV-7 model"),
 ])
 def test_bad_values(out_dir, capsys, arg, needle):
     assert needle in fails(capsys, out_dir, *arg.split())
@@ -396,6 +399,20 @@ def test_bfloat16_cli(out_dir, capsys):
     enc = generate.get_tokenizer()
     first = enc.decode(enc.encode(text32)[2:3])
     assert text16[0].startswith("One day" + first) and len(first) > 0
+
+
+def test_int8_cli(out_dir, capsys, monkeypatch):
+    """--int8 decodes through int8 matrices (one kernel call per matrix per token) and starts like float32."""
+    calls = []
+    kernel = torch._weight_int8pack_mm
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda *a: calls.append(1) or kernel(*a))
+    args = ["--model_name=rwkv7", "--prompt=One day", "--max_num_tokens=20", "--temperature=0", "--num_samples=2"]
+    text8 = samples(run(capsys, out_dir, *args, "--int8")[0])
+    assert len(calls) == 2 * 19 * (2 * 6 + 1)  # samples x decoded tokens x (2 layers of 6 matrices + the head)
+    text32 = samples(run(capsys, out_dir, *args)[0])
+    enc = generate.get_tokenizer()
+    head = enc.decode(enc.encode(text32[0])[:5])  # the prompt's 2 tokens and 3 decoded ones
+    assert text8[0] == text8[1] and text8[0].startswith(head) and len(head) > len("One day")
 
 
 # ----------------------------------------------------------------------------------------------------
