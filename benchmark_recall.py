@@ -42,6 +42,7 @@ from metrics import save_figure
 # S = + sliding-window attention, G = + global grouped-query attention, A = + both; see GPTConfig.layers)
 LAYOUTS = {
     "gpt": dict(model_type="gpt"),  # nanoGPT's transformer: global attention in every layer, learned positions
+    "gpt-rotary": dict(model_type="gpt", rotary=True),  # the same with rotary positions, as MicroRWKV's attention
     "rwkv": dict(rwkv_version="x051a"),  # pure RWKV-5 (x051a)
     "rwkv-swa": dict(rwkv_version="x051a", layers="S"),  # RWKV-5 + SWA in every layer, no global attention
     "rwkv-gqa": dict(rwkv_version="x051a", layers="G"),  # RWKV-5 + GQA in every layer
@@ -160,7 +161,8 @@ def train_one(name, lr, seed, args):
     opt = model.configure_optimizers(args.weight_decay, lr, (0.9, 0.98), "cpu")
     gen = torch.Generator().manual_seed(seed)
     losses, t0 = [], time.time()
-    for step in tqdm(range(args.steps), desc=f"{name} lr={lr:g} seed={seed}", leave=False, file=sys.stderr):
+    bar = tqdm(range(args.steps), desc=f"{name} lr={lr:g} seed={seed}", leave=False, file=sys.stderr)
+    for step in bar:
         seq_len, pairs = TRAIN_SETTINGS[torch.randint(len(TRAIN_SETTINGS), (1,), generator=gen).item()]
         x, y = make_mqar(max(1, args.tokens_per_step // seq_len), seq_len, pairs, args.vocab_size,
                          seed=int(torch.randint(2**62, (1,), generator=gen)))
@@ -172,10 +174,13 @@ def train_one(name, lr, seed, args):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
+        if step % 100 == 99:
+            bar.set_postfix(loss=f"{statistics.mean(losses[-100:]):.3f}")  # MQAR's sudden drop shows here
     train_s = time.time() - t0
     model.eval()
     # a model with learned positions cannot read past them; rotary and RWKV models can
-    max_len = block_size if name == "gpt" else max(s for s, _ in TEST_SETTINGS)
+    learned_positions = model.config.model_type == "gpt" and not model.config.rotary
+    max_len = block_size if learned_positions else max(s for s, _ in TEST_SETTINGS)
     results = {f"{s}x{p}": evaluate(model, (s, p), args, max_len) for s, p in TEST_SETTINGS}
     with torch.no_grad():
         _, state = model.forward_with_state(torch.zeros(1, MAIN[0], dtype=torch.long))
@@ -236,7 +241,7 @@ def summarize(runs):
 
 def layout_letters(name):
     """The per-layer letters of a layout, as one repeating group (GPT: global attention everywhere)."""
-    return LAYOUTS[name].get("layers", "G" if name == "gpt" else "R")
+    return LAYOUTS[name].get("layers", "G" if LAYOUTS[name].get("model_type") == "gpt" else "R")
 
 
 def format_table(rows):

@@ -402,7 +402,7 @@ def main(argv=None):
     else:
         # the prompt may contain <|endoftext|>, the story separator of the training data
         prompt_ids = enc.encode(prompt, allowed_special={"<|endoftext|>"}) or [eot]
-        if cfg.model_type == "gpt" and len(prompt_ids) > cfg.block_size:
+        if cfg.model_type == "gpt" and not cfg.rotary and len(prompt_ids) > cfg.block_size:
             print(f"warning: the prompt has {len(prompt_ids)} tokens; GPT's positions end at block_size="
                   f"{cfg.block_size}, so it sees only the last {cfg.block_size}", file=sys.stderr)
             prompt_ids = prompt_ids[-cfg.block_size:]

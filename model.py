@@ -70,6 +70,7 @@ class GPTConfig:
     lora_v: int = 0  # x070: rank of the value-residual LoRA (v1, v2)
     lora_g: int = 0  # x070: rank of the gate LoRA (g1, g2)
     tie_head: bool = True  # MicroRWKV: the LM head is the token embedding (official RWKV-7 models: False)
+    rotary: bool = False  # GPT: rotary positions in its attention instead of learned ones (no wpe, no end at block_size)
     tokenizer: str = "gpt2"  # the token ids the model reads: "gpt2" (GPT-2 BPE) or "rwkv_world" (RWKV World, 65,536)
 
     def __post_init__(self):
@@ -85,6 +86,10 @@ class GPTConfig:
         need(self.model_type in ("microrwkv", "gpt"), f"model_type={self.model_type!r} must be 'microrwkv' or 'gpt'")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
         need(self.tie_head or self.model_type == "microrwkv", "tie_head=False is for MicroRWKV only (GPT ties its head)")
+        need(not self.rotary or self.model_type == "gpt", "rotary=True is for GPT (MicroRWKV's attention is rotary already)")
+        if self.rotary and self.n_head >= 1 and self.n_embd % self.n_head == 0:
+            need(self.n_embd // self.n_head % 2 == 0, f"n_embd // n_head = {self.n_embd // self.n_head} must be even "
+                                                      "(rotary positions)")
         need(self.tokenizer in ("gpt2", "rwkv_world"), f"tokenizer={self.tokenizer!r} must be 'gpt2' or 'rwkv_world'")
         need(self.n_head >= 1 and self.n_embd % self.n_head == 0,
              f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head} (e.g. n_head=1)")
@@ -1284,7 +1289,7 @@ class GPTBlock(nn.Module):
         super().__init__()
         C = config.n_embd
         self.ln_1 = nn.LayerNorm(C, bias=config.bias)
-        self.attn = CausalSelfAttention(config, n_kv_head=config.n_head, rotary=False)
+        self.attn = CausalSelfAttention(config, n_kv_head=config.n_head, rotary=config.rotary)
         self.ln_2 = nn.LayerNorm(C, bias=config.bias)
         self.mlp = MLP(C, 4 * C, config, nn.GELU(approximate="tanh"))  # GPT-2's GELU: its weights load exactly
 
@@ -1303,13 +1308,16 @@ class GPT(LanguageModel):
     Its recurrent form is a KV cache (a KVCache per layer) that grows with the context; learned positions
     stop it at block_size, so generation keeps a window of the context: when the cache is full it is
     re-prefilled with the last block_size // 2 tokens (see context_window).
+    rotary=True: rotary positions on queries and keys instead of wpe (as in MicroRWKV's attention blocks and
+    most transformers since), so relative offsets come without learning and the context has no end.
     """
 
     def __init__(self, config):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if not config.rotary:
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(GPTBlock(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -1368,7 +1376,10 @@ class GPT(LanguageModel):
         return model
 
     def _forward(self, idx, state, all_logits):
-        x = self.drop(self.wte(idx) + self.wpe(positions(state, idx.shape[1], self.config.block_size, idx.device)))
+        x = self.wte(idx)
+        if not self.config.rotary:
+            x = x + self.wpe(positions(state, idx.shape[1], self.config.block_size, idx.device))
+        x = self.drop(x)
         x, new_state = self._through_blocks(x, state)
         x = self.ln_f(x)
         logits = self.lm_head(x if all_logits else x[:, [-1]])
@@ -1378,20 +1389,24 @@ class GPT(LanguageModel):
         """Shrink the learned positions to a smaller context (e.g. fine-tuning GPT-2 at 256), as nanoGPT does."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
+        if self.config.rotary:
+            return
         self.wpe.weight = nn.Parameter(self.wpe.weight[:block_size].clone())
         self.wpe.num_embeddings = block_size
 
     def crop_prompt(self, idx):
-        return idx[:, -self.config.block_size:]
+        return idx if self.config.rotary else idx[:, -self.config.block_size:]
 
     def context_window(self, context):
         """The part of a context (B, T) that generation conditions on: all of it while it fits block_size,
         then the last block_size // 2 tokens (the cache is re-prefilled with them once per block_size // 2
         tokens). Recurrent decoding and generate.py --recompute both follow this rule, so greedy text agrees."""
-        return context if context.shape[1] <= self.config.block_size else context[:, -(self.config.block_size // 2):]
+        if self.config.rotary or context.shape[1] <= self.config.block_size:
+            return context
+        return context[:, -(self.config.block_size // 2):]
 
     def next_state(self, history, state):
-        if state[0].pos < self.config.block_size:
+        if self.config.rotary or state[0].pos < self.config.block_size:
             return super().next_state(history, state)
         context = self.context_window(torch.cat([history[0][:, -self.config.block_size:], *history[1:]], dim=1))
         history[:] = [context]  # once per block_size // 2 tokens

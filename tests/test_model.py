@@ -16,8 +16,9 @@ from conftest import ROOT, V, randomize, tiny_config
 from model import GPT, GPTConfig, LMHead, Linear, ChannelMix, ChannelMix7, CausalSelfAttention, KVCache, MicroRWKV, TimeMix, TimeMix7, \
     TinyMoE, apply_rotary, build_model, sliding_window_attention
 
-# the three kinds of model: MicroRWKV with RWKV-5 (x051a) or RWKV-7 (x070) blocks, and GPT
-KINDS = {"microrwkv": {}, "microrwkv-x070": {"rwkv_version": "x070"}, "gpt": {"model_type": "gpt"}}
+# the kinds of model: MicroRWKV with RWKV-5 (x051a) or RWKV-7 (x070) blocks, and GPT (learned or rotary positions)
+KINDS = {"microrwkv": {}, "microrwkv-x070": {"rwkv_version": "x070"}, "gpt": {"model_type": "gpt"},
+         "gpt-rotary": {"model_type": "gpt", "rotary": True}}
 
 
 def block_output(block, x):
@@ -450,6 +451,8 @@ def test_flops_per_token_by_hand():
     (dict(init_scheme="xavier"), "init_scheme"),
     (dict(cmix_mult=0.0), "cmix_mult"),
     (dict(ln_emb_init=0.0), "ln_emb_init"),
+    (dict(rotary=True), "rotary=True is for GPT"),
+    (dict(model_type="gpt", rotary=True, n_embd=36, n_head=12), "even"),
 ])
 def test_config_refuses_impossible_architectures(overrides, needle):
     with pytest.raises(ValueError, match=needle):
@@ -482,6 +485,22 @@ def test_gpt_reprefill_gives_the_logits_of_a_fresh_prefill():
         fresh, _ = model.forward_with_state(idx[:, -8:])
     assert state[0].pos == 8 and history[0].shape[1] == 8
     assert torch.allclose(logits[:, -1], fresh[:, -1], atol=1e-5)
+
+
+def test_rotary_gpt_has_no_learned_positions_and_no_end_at_block_size():
+    model = randomize(GPT(tiny_config(model_type="gpt", rotary=True, block_size=16)))
+    assert not hasattr(model, "wpe") and not any("wpe" in name for name, _ in model.named_parameters())
+    idx = torch.randint(0, V, (2, 40), generator=torch.Generator().manual_seed(4))  # 2.5 x block_size
+    with torch.no_grad():
+        logits, _ = model(idx, idx)
+        recurrent, state = feed(model, idx, [7] + [1] * 33)
+    assert state[0].pos == 40 and state[0].k.shape[2] == 40  # the whole context, no re-prefill
+    assert (recurrent - logits).abs().max().item() < 1e-4
+    # only offsets matter: a query and key moved together by 5 positions score the same
+    attn = model.blocks[0].attn
+    q, k = torch.randn(2, 1, 1, attn.head_dim).unbind()
+    score = lambda shift: (apply_rotary(q, torch.tensor([9 + shift])) * apply_rotary(k, torch.tensor([3 + shift]))).sum()
+    assert torch.allclose(score(0), score(5), atol=1e-5) and not torch.allclose(score(0), (q * k).sum(), atol=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------------- speed paths
