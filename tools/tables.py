@@ -287,10 +287,22 @@ def recall():
     return benchmark_recall.format_table(recall_rows("assets/recall/recall_runs.json"))
 
 
-def recall_1500():
-    """The same table for the runs of 1,500 steps."""
+def recall_steps(steps):
+    """The same table for the runs of another budget, saved in assets/recall/steps<steps>/."""
     import benchmark_recall
-    return benchmark_recall.format_table(recall_rows("assets/recall/steps1500/recall_runs.json"))
+    return benchmark_recall.format_table(recall_rows(f"assets/recall/steps{steps}/recall_runs.json"))
+
+
+def recall_1500():
+    return recall_steps(1500)
+
+
+def recall_12000():
+    return recall_steps(12000)
+
+
+def recall_6000():
+    return recall_steps(6000)
 
 
 def recall_compact():
