@@ -18,7 +18,7 @@ state tensor against the model's own recurrent step in float64.
 Decoder(model, int8=True) multiplies int8 copies of the projection and head weights instead (one scale per
 output row, absmax / 127; bf16 activations, by torch's weight-only int8 kernel, _weight_int8pack_mm): a
 quarter of float32's bytes to stream per token. Everything else stays as above, in float32. Its logits are
-the float32 model's within about 1% of their range, not equal to them (tests/test_decode.py).
+the float32 model's within a few percent of their range, not equal to them (tests/test_decode.py).
 
 Decoder(model).next_state(history, state) stands in for model.next_state: model.py's LayerStates (S in
 float32) and the same logits (the head is the model's, so hooks on it apply). With bf16 weights the residual

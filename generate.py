@@ -97,8 +97,8 @@ def parse_args(argv):
                         "else float32")
     p.add_argument("--int8", action="store_true",
                    help="pure RWKV-7 on CPU: decode with int8 copies of the matrices (one scale per row; the prompt "
-                        "is prefilled by the model as it is): about a quarter of float32's bytes per token, logits "
-                        "within about 1%% of float32's")
+                        "is prefilled by the model as it is): a quarter of float32's bytes per token, logits within "
+                        "a few percent of float32's")
     p.add_argument("--stream", action="store_true", help="print each token as soon as it is sampled")
     p.add_argument("--stop_at_eot", action="store_true", help="end a sample at <|endoftext|> (not printed)")
     p.add_argument("--recompute", action="store_true",
