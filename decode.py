@@ -42,9 +42,10 @@ def is_pure_rwkv7(model):
 
 def decoder_for(model, int8=False):
     """A Decoder for a pure RWKV-7 MicroRWKV, else the model itself (both have next_state); int8 needs the former."""
-    if int8 and not is_pure_rwkv7(model):
+    pure = is_pure_rwkv7(model)
+    if int8 and not pure:
         raise ValueError("int8 decoding needs a pure RWKV-7 model (x070, no SWA, GQA, MoE or learned positions)")
-    return Decoder(model, int8) if is_pure_rwkv7(model) else model
+    return Decoder(model, int8) if pure else model
 
 
 class Decoder:
@@ -78,9 +79,9 @@ class Decoder:
         per row), the scale rounded to bf16 before it divides W, so that scale * int8 is the closest to W."""
         W = module.weight
         if self.int8:
-            scale = (W.detach().float().abs().amax(1) / 127).clamp_min(1e-30).to(torch.bfloat16)
-            W = (W.detach().float() / scale.float().unsqueeze(1)).round().clamp(-128, 127)
-            return W.to(torch.int8).contiguous(), scale
+            W = W.detach().float()
+            scale = (W.abs().amax(1) / 127).clamp_min(1e-30).to(torch.bfloat16)
+            return (W / scale.float().unsqueeze(1)).round().clamp(-128, 127).to(torch.int8).contiguous(), scale
         if W.dtype != self.dt:
             return W
         if W.stride() != (1, W.shape[0]):
