@@ -96,9 +96,9 @@ def parse_args(argv):
                    help="dtype of the weights (float16: not on CPU); default: bfloat16 on GPUs that support it, "
                         "else float32")
     p.add_argument("--int8", action="store_true",
-                   help="pure RWKV-7 on CPU: decode with int8 copies of the matrices (one scale per row; the prompt "
-                        "is prefilled by the model as it is): a quarter of float32's bytes per token, logits within "
-                        "a few percent of float32's")
+                   help="pure RWKV-7 on CPU: decode with int8 copies of the matrices and 8-bit copies of their inputs "
+                        "(one scale per row of each; the prompt is prefilled by the model as it is): a quarter of "
+                        "float32's bytes per token, logits within a few percent of float32's")
     p.add_argument("--stream", action="store_true", help="print each token as soon as it is sampled")
     p.add_argument("--stop_at_eot", action="store_true", help="end a sample at <|endoftext|> (not printed)")
     p.add_argument("--recompute", action="store_true",
