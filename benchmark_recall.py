@@ -43,11 +43,13 @@ from metrics import save_figure
 LAYOUTS = {
     "gpt": dict(model_type="gpt"),  # nanoGPT's transformer: global attention in every layer, learned positions
     "gpt-rotary": dict(model_type="gpt", rotary=True),  # the same with rotary positions, as MicroRWKV's attention
+    "gpt-shift": dict(model_type="gpt", token_shift=True),  # GPT with RWKV's token shift on each attention input
     "rwkv": dict(rwkv_version="x051a"),  # pure RWKV-5 (x051a)
     "rwkv-swa": dict(rwkv_version="x051a", layers="S"),  # RWKV-5 + SWA in every layer, no global attention
     "rwkv-gqa": dict(rwkv_version="x051a", layers="G"),  # RWKV-5 + GQA in every layer
     "rwkv-gqa2": dict(rwkv_version="x051a", layers="RG"),  # RWKV-5 + GQA in every 2nd layer
     "rwkv-gqa4": dict(rwkv_version="x051a", layers="RRRG"),  # RWKV-5 + GQA in the last of every 4 layers
+    "rwkv-gqa4-first": dict(rwkv_version="x051a", layers="GRRR"),  # the same with GQA in the first of every 4
     "full": dict(rwkv_version="x051a", layers="A", use_moe=True),  # the full MicroRWKV layer (x051a)
     "rwkv7": dict(rwkv_version="x070"),  # pure RWKV-7 (x070)
     "rwkv7-swa": dict(rwkv_version="x070", layers="S"),  # RWKV-7 + SWA in every layer, no global attention

@@ -20,7 +20,8 @@ and use_moe False): the README's results say why.
 
 There is no learned absolute position embedding in MicroRWKV (unless learned_pos=True, for ablations):
 RWKV's token shift and decay carry order, and the attention blocks use rotary embeddings, so generation
-can run past block_size. States are named tuples (TimeMixState, KVCache, LayerState) that own their memory.
+can run past block_size. States are named tuples (TimeMixState, KVCache, LayerState; GPT: KVCache, or
+ShiftedKVCache with token_shift) that own their memory.
 """
 
 import importlib.util
@@ -71,6 +72,7 @@ class GPTConfig:
     lora_g: int = 0  # x070: rank of the gate LoRA (g1, g2)
     tie_head: bool = True  # MicroRWKV: the LM head is the token embedding (official RWKV-7 models: False)
     rotary: bool = False  # GPT: rotary positions in its attention instead of learned ones (no wpe, no end at block_size)
+    token_shift: bool = False  # GPT: each attention input mixed per channel with the previous token's (RWKV's shift)
     tokenizer: str = "gpt2"  # the token ids the model reads: "gpt2" (GPT-2 BPE) or "rwkv_world" (RWKV World, 65,536)
 
     def __post_init__(self):
@@ -87,6 +89,7 @@ class GPTConfig:
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
         need(self.tie_head or self.model_type == "microrwkv", "tie_head=False is for MicroRWKV only (GPT ties its head)")
         need(not self.rotary or self.model_type == "gpt", "rotary=True is for GPT (MicroRWKV's attention is rotary already)")
+        need(not self.token_shift or self.model_type == "gpt", "token_shift=True is for GPT (MicroRWKV shifts tokens already)")
         if self.rotary and self.n_head >= 1 and self.n_embd % self.n_head == 0:
             need(self.n_embd // self.n_head % 2 == 0, f"n_embd // n_head = {self.n_embd // self.n_head} must be even "
                                                       "(rotary positions)")
@@ -158,6 +161,16 @@ class KVCache(NamedTuple):
     k: torch.Tensor  # (B, n_kv_head, n, head_dim) past keys (SWA: exactly window_size - 1, zero-padded)
     v: torch.Tensor  # (B, n_kv_head, n, head_dim) past values
     pos: int  # tokens seen so far: the absolute position of the next token
+
+
+class ShiftedKVCache(NamedTuple):
+    """The state of a GPT layer with token_shift: its attention's KV cache and its last attention input."""
+    kv: KVCache
+    x_prev: torch.Tensor  # (B, C): the last token's ln_1 output, for the token shift
+
+    @property
+    def pos(self):
+        return self.kv.pos
 
 
 class LayerState(NamedTuple):
@@ -1278,7 +1291,7 @@ class MicroRWKV(LanguageModel):
 
 def positions(state, T, block_size, device):
     """Absolute positions of the next T tokens after `state`, for a learned position embedding."""
-    pos = 0 if state is None else state[0].pos  # a KVCache or a LayerState: both count the tokens seen
+    pos = 0 if state is None else state[0].pos  # a KVCache, ShiftedKVCache or LayerState: all count the tokens seen
     if pos + T > block_size:
         raise ValueError(f"a context of {pos + T} tokens exceeds the learned positions of block_size={block_size}")
     return torch.arange(pos, pos + T, device=device)
@@ -1292,9 +1305,18 @@ class GPTBlock(nn.Module):
         self.attn = CausalSelfAttention(config, n_kv_head=config.n_head, rotary=config.rotary)
         self.ln_2 = nn.LayerNorm(C, bias=config.bias)
         self.mlp = MLP(C, 4 * C, config, nn.GELU(approximate="tanh"))  # GPT-2's GELU: its weights load exactly
+        # token_shift: h_t + shift * (h_{t-1} - h_t) per channel, so one attention layer can match a key on the
+        # token before it (a lookup that plain attention builds from two layers)
+        self.shift = nn.Parameter(torch.full((C,), 0.5)) if config.token_shift else None
 
     def forward(self, x, state=None):
-        y, state = self.attn(self.ln_1(x), state)
+        h = self.ln_1(x)
+        if self.shift is None:
+            y, state = self.attn(h, state)
+        else:
+            kv, x_prev = (None, None) if state is None else state
+            y, kv = self.attn(torch.lerp(h, token_shift(h, x_prev), self.shift), kv)
+            state = ShiftedKVCache(kv, last_token(h))
         x = x + y
         return x + self.mlp(self.ln_2(x)), state
 
@@ -1310,6 +1332,8 @@ class GPT(LanguageModel):
     re-prefilled with the last block_size // 2 tokens (see context_window).
     rotary=True: rotary positions on queries and keys instead of wpe (as in MicroRWKV's attention blocks and
     most transformers since), so relative offsets come without learning and the context has no end.
+    token_shift=True: RWKV's token shift on each attention input (Zoology's attention reference for recall has
+    a short convolution there); the layer state is then a ShiftedKVCache.
     """
 
     def __init__(self, config):

@@ -16,9 +16,10 @@ from conftest import ROOT, V, randomize, tiny_config
 from model import GPT, GPTConfig, LMHead, Linear, ChannelMix, ChannelMix7, CausalSelfAttention, KVCache, MicroRWKV, TimeMix, TimeMix7, \
     TinyMoE, apply_rotary, build_model, sliding_window_attention
 
-# the kinds of model: MicroRWKV with RWKV-5 (x051a) or RWKV-7 (x070) blocks, and GPT (learned or rotary positions)
+# the kinds of model: MicroRWKV with RWKV-5 (x051a) or RWKV-7 (x070) blocks, and GPT (learned or rotary positions,
+# with or without token shift)
 KINDS = {"microrwkv": {}, "microrwkv-x070": {"rwkv_version": "x070"}, "gpt": {"model_type": "gpt"},
-         "gpt-rotary": {"model_type": "gpt", "rotary": True}}
+         "gpt-rotary": {"model_type": "gpt", "rotary": True}, "gpt-shift": {"model_type": "gpt", "token_shift": True}}
 
 
 def block_output(block, x):
@@ -290,7 +291,7 @@ def test_generate_prefills_once_then_one_token_per_step(kind):
     prompt = torch.randint(0, V, (2, 5))
     out = model.generate(prompt, max_new_tokens=40, temperature=0)  # 45 tokens > block_size
     assert out.shape == (2, 45) and torch.equal(out[:, :5], prompt)
-    if kind != "gpt":
+    if kind not in ("gpt", "gpt-shift"):
         assert calls == [5] + [1] * 39
     else:  # learned positions: the cache is re-prefilled with half a block when it is full
         assert calls[0] == 5 and max(calls) <= 16 and len(calls) == 40
@@ -452,6 +453,7 @@ def test_flops_per_token_by_hand():
     (dict(cmix_mult=0.0), "cmix_mult"),
     (dict(ln_emb_init=0.0), "ln_emb_init"),
     (dict(rotary=True), "rotary=True is for GPT"),
+    (dict(token_shift=True), "token_shift=True is for GPT"),
     (dict(model_type="gpt", rotary=True, n_embd=36, n_head=12), "even"),
 ])
 def test_config_refuses_impossible_architectures(overrides, needle):
@@ -485,6 +487,22 @@ def test_gpt_reprefill_gives_the_logits_of_a_fresh_prefill():
         fresh, _ = model.forward_with_state(idx[:, -8:])
     assert state[0].pos == 8 and history[0].shape[1] == 8
     assert torch.allclose(logits[:, -1], fresh[:, -1], atol=1e-5)
+
+
+def test_token_shift_gpt_is_gpt_at_shift_zero_and_carries_the_last_input():
+    plain = randomize(GPT(tiny_config(model_type="gpt")))
+    shifted = GPT(tiny_config(model_type="gpt", token_shift=True)).eval()
+    missing, unexpected = shifted.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == [f"blocks.{i}.shift" for i in range(len(shifted.blocks))] and not unexpected
+    idx = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for block in shifted.blocks:
+            block.shift.zero_()
+        assert torch.equal(shifted(idx, idx)[0], plain(idx, idx)[0])
+        shifted.blocks[1].shift.fill_(0.5)  # half the previous token in layer 1's attention input only
+        logits, state = shifted.forward_with_state(idx)
+        assert not torch.allclose(logits, plain(idx, idx)[0])
+    assert state[1].pos == 12 and state[1].x_prev.shape == (2, shifted.config.n_embd)
 
 
 def test_rotary_gpt_has_no_learned_positions_and_no_end_at_block_size():
