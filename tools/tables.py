@@ -287,28 +287,33 @@ def recall():
     return benchmark_recall.format_table(recall_rows("assets/recall/recall_runs.json"))
 
 
-def recall_steps(steps):
-    """The same table for the runs of another budget, saved in assets/recall/steps<steps>/."""
+def recall_budget(folder):
+    """The same table for the runs of another budget, saved in assets/recall/<folder>/."""
     import benchmark_recall
-    return benchmark_recall.format_table(recall_rows(f"assets/recall/steps{steps}/recall_runs.json"))
+    return benchmark_recall.format_table(recall_rows(f"assets/recall/{folder}/recall_runs.json"))
 
 
 def recall_1500():
-    return recall_steps(1500)
+    return recall_budget("steps1500")
 
 
 def recall_12000():
-    return recall_steps(12000)
+    return recall_budget("steps12000")
 
 
 def recall_6000():
-    return recall_steps(6000)
+    return recall_budget("steps6000")
+
+
+def recall_batch16384():
+    return recall_budget("batch16384")
 
 
 def recall_compact():
     """The README's MQAR table: the main setting, near and far keys, the longest test, and state size."""
     import benchmark_recall
-    rows = recall_rows("assets/recall/recall_runs.json")
+    diagnostics = {"gpt-shift", "rwkv-gqa4-first"}  # variations on two rows, on the study page only
+    rows = [r for r in recall_rows("assets/recall/recall_runs.json") if r["model"] not in diagnostics]
     main = "{}x{}".format(*benchmark_recall.MAIN)
     longest = "{}x{}".format(*benchmark_recall.TEST_SETTINGS[-1])
     acc = lambda cell, key="acc": "n/a" if cell is None or cell[key] is None else f"{cell[key]:.3f}"
