@@ -23,7 +23,7 @@ Everything else stays as above, in float32. Its logits are the float32 model's w
 range, not equal to them (tests/test_decode.py).
 
 Decoder(model).next_state(history, state) stands in for model.next_state: model.py's LayerStates (S in
-float32) and the same logits (the head is the model's, so hooks on it apply). With bf16 weights the residual
+float32) and the same logits (the head is the model's weight, and its forward hooks apply). With bf16 weights the residual
 stream and the token-shift states stay in float32, where the model's own step rounds them to bf16. Other
 layouts (x051a, SWA, GQA, MoE, learned positions) decode through the model.
 """
@@ -166,8 +166,8 @@ class Decoder:
         norm = lambda ln: (vec(ln.weight), None if ln.bias is None else vec(ln.bias), float(ln.eps))
         self.ln_in = norm(model.ln_in) if isinstance(model.ln_in, torch.nn.LayerNorm) else None
         self.ln_f = norm(model.ln_f)
-        # int8: the head's product is ours; else the model's module multiplies it (so that its hooks apply)
-        self.head = [self.matrix(model.lm_head)] if int8 else None
+        head = [self.matrix(model.lm_head)]
+        self.head = ([], head) if int8 else (head, [])
         self.layers = []
         for block in model.blocks:
             t, c = block.tmix, block.cmix
@@ -211,10 +211,9 @@ class Decoder:
                                                DECAY_SCALE, not VNNI)
             new_state.append(LayerState(TimeMixState(xt, S), xc, pos=s.pos + 1))
         x = F.layer_norm(x, (C,), *self.ln_f)
-        if self.head is not None:  # int8: the head's product is ours, its forward hooks (generate.py's) still apply
-            logits = product(x, [], self.head, 0, not VNNI)
-            for hook in m.lm_head._forward_hooks.values():
-                out = hook(m.lm_head, (x,), logits)
-                logits = logits if out is None else out
-            return logits.unsqueeze(1), new_state
-        return m.lm_head(x.to(m.lm_head.weight.dtype)).unsqueeze(1), new_state
+        # the head multiplies as every other matrix; its forward hooks (generate.py masks padding ids with one) apply
+        logits = product(x, *self.head, 0, not VNNI)
+        for hook in m.lm_head._forward_hooks.values():
+            out = hook(m.lm_head, (x,), logits)
+            logits = logits if out is None else out
+        return logits.unsqueeze(1), new_state

@@ -95,7 +95,7 @@ def test_int8_weights_follow_the_float32_model(official, monkeypatch, vnni):
     ref, ref_state = steps(official, official, prompt, tokens)
     decoder = Decoder(official, int8=True)
     assert torch.ops.quantized.linear_unpack(decoder.layers[0].packed[0])[0].dtype == torch.qint8
-    assert torch.ops.quantized.linear_unpack(decoder.head[0])[0].shape == (V, 64)
+    assert torch.ops.quantized.linear_unpack(decoder.head[1][0])[0].shape == (V, 64)  # (float32 list, int8 list)
     ours, state = steps(decoder, official, prompt, tokens)
     assert ours.dtype == state[0].tmix.S.dtype == torch.float32
     err = ((ours - ref).abs().max() / ref.abs().max()).item()
