@@ -23,9 +23,9 @@ Everything else stays as above, in float32. Its logits are the float32 model's w
 range, not equal to them (tests/test_decode.py).
 
 Decoder(model).next_state(history, state) stands in for model.next_state: model.py's LayerStates (S in
-float32) and the same logits (the head is the model's weight, and its forward hooks apply). With bf16 weights the residual
-stream and the token-shift states stay in float32, where the model's own step rounds them to bf16. Other
-layouts (x051a, SWA, GQA, MoE, learned positions) decode through the model.
+float32) and the same logits (the head's weight is the model's, and its forward hooks apply). With bf16 weights
+the residual stream, the token-shift states and the logits stay in float32, where the model's own step rounds
+them to bf16. Other layouts (x051a, SWA, GQA, MoE, learned positions) decode through the model.
 """
 
 import re
