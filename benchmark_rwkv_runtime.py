@@ -13,10 +13,10 @@ from the embedding), imports it with import_rwkv.py and loads the same file into
             ours through generate.py's decoding (prefill, then token_stream) against the runtime's loop
   speed:    decode tokens/s, batch 1, float32, --threads threads: the runtime, our generate.py path (decode.py's
             step), and our fastest path (--best_dtype: int8 is generate.py --int8, the float32 model decoded through
-            int8 copies of its matrices and 8-bit copies of their inputs; bfloat16 is generate.py --dtype bfloat16, the same model with bfloat16
-            weights, its state and decays in float32; float32 is the generate.py path again), taking turns
-            in each of --repeats rounds so that machine load hits all alike; median, min and max, and the
-            ratio of medians to the runtime.
+            int8 copies of its matrices and 8-bit copies of their inputs; bfloat16 is generate.py --dtype bfloat16,
+            the same model with bfloat16 weights, its state and decays in float32; float32 is the generate.py path
+            again), taking turns in each of --repeats rounds so that machine load hits all alike; median, min
+            and max, and the ratio of medians to the runtime.
 Outputs: out_dir/benchmark_rwkv_runtime.json (every raw figure) and the printed report.
 """
 
