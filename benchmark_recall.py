@@ -162,10 +162,11 @@ def train_one(name, lr, seed, args):
     model = build_model(model_config(name, args, block_size))
     opt = model.configure_optimizers(args.weight_decay, lr, (0.9, 0.98), "cpu")
     gen = torch.Generator().manual_seed(seed)
+    settings = TRAIN_SETTINGS[:1] * args.short_weight + TRAIN_SETTINGS[1:]  # each step draws one of these
     losses, t0 = [], time.time()
     bar = tqdm(range(args.steps), desc=f"{name} lr={lr:g} seed={seed}", leave=False, file=sys.stderr)
     for step in bar:
-        seq_len, pairs = TRAIN_SETTINGS[torch.randint(len(TRAIN_SETTINGS), (1,), generator=gen).item()]
+        seq_len, pairs = settings[torch.randint(len(settings), (1,), generator=gen).item()]
         x, y = make_mqar(max(1, args.tokens_per_step // seq_len), seq_len, pairs, args.vocab_size,
                          seed=int(torch.randint(2**62, (1,), generator=gen)))
         for group in opt.param_groups:
@@ -187,6 +188,7 @@ def train_one(name, lr, seed, args):
     with torch.no_grad():
         _, state = model.forward_with_state(torch.zeros(1, MAIN[0], dtype=torch.long))
     return dict(model=name, lr=lr, seed=seed, steps=args.steps, tokens_per_step=args.tokens_per_step,
+                short_weight=args.short_weight,
                 params=model.get_num_params(non_embedding=False), state_bytes=state_bytes(state),
                 config=vars(model.config), train_s=train_s, final_train_loss=statistics.mean(losses[-50:]),
                 loss_curve=[statistics.mean(losses[i:i + 100]) for i in range(0, len(losses), 100)],  # per 100 steps
@@ -201,7 +203,8 @@ def atomic_json(path, obj):
 
 
 def run_path(out_dir, name, lr, seed, args):
-    return os.path.join(out_dir, "runs", f"{name}_d{args.d_model}_l{args.n_layer}_w{args.window_size}_{args.steps}x{args.tokens_per_step}_lr{lr:g}_s{seed}.json")
+    mix = f"_short{args.short_weight}" if args.short_weight != 1 else ""
+    return os.path.join(out_dir, "runs", f"{name}_d{args.d_model}_l{args.n_layer}_w{args.window_size}_{args.steps}x{args.tokens_per_step}_lr{lr:g}_s{seed}{mix}.json")
 
 
 def load_runs(out_dir, args):
@@ -214,8 +217,9 @@ def load_runs(out_dir, args):
         if name.endswith(".json"):
             with open(os.path.join(runs_dir, name)) as f:
                 runs.append(json.load(f))
-    same = lambda r: (r["steps"], r["tokens_per_step"], r["config"]["n_embd"], r["config"]["n_layer"]) == \
-        (args.steps, args.tokens_per_step, args.d_model, args.n_layer)
+    same = lambda r: (r["steps"], r["tokens_per_step"], r.get("short_weight", 1), r["config"]["n_embd"],
+                      r["config"]["n_layer"]) == (args.steps, args.tokens_per_step, args.short_weight, args.d_model,
+                                                  args.n_layer)
     return [r for r in runs if same(r)]
 
 
@@ -287,7 +291,8 @@ def report(args, command=""):
     out_dir, assets = args.out_dir, args.assets
     runs = load_runs(out_dir, args)
     if not runs:
-        raise SystemExit(f"error: no finished runs of {args.steps} steps x {args.tokens_per_step} tokens, d_model "
+        raise SystemExit(f"error: no finished runs of {args.steps} steps x {args.tokens_per_step} tokens, "
+                         f"--short_weight {args.short_weight}, d_model "
                          f"{args.d_model}, {args.n_layer} layers in {os.path.join(out_dir, 'runs')}: run some models first")
     rows = summarize(runs)
     table = format_table(rows)
@@ -322,6 +327,9 @@ def main(argv=None):
     p.add_argument("--seeds", default="1337")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--tokens_per_step", type=int, default=2048)
+    p.add_argument("--short_weight", type=int, default=1,
+                   help="draw the shortest training setting this many times as often as each other one (1: uniform; "
+                        "Zoology's multi-setting configs give it five times the rows of each other setting)")
     p.add_argument("--weight_decay", type=float, default=0.1)
     p.add_argument("--test_examples", type=int, default=256, help="test rows per setting")
     p.add_argument("--eval_batch", type=int, default=32)
@@ -335,6 +343,8 @@ def main(argv=None):
         models, lrs, seeds = parse_list(args.models, str), parse_list(args.lrs, float), parse_list(args.seeds, int)
     except ValueError as e:
         raise SystemExit(f"error: --lrs and --seeds take comma-separated numbers ({e})")
+    if args.short_weight < 1:
+        raise SystemExit(f"error: --short_weight {args.short_weight} must be at least 1")
     unknown = [m for m in models if m not in LAYOUTS]
     if unknown:
         raise SystemExit(f"error: unknown --models {','.join(unknown)}; choose from {','.join(LAYOUTS)}")

@@ -127,3 +127,23 @@ def test_a_tiny_sweep_writes_runs_a_table_and_a_plot(tmp_path, monkeypatch):
     benchmark_recall.main(["--report_only", "--d_model", "64", "--steps", "2", "--tokens_per_step", "64",
                            "--out_dir", str(out)])
     assert "| gpt | G |" in (out / "recall_table.md").read_text()
+
+
+def test_short_weight_draws_the_shortest_setting_that_many_times_as_often(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark_recall, "TRAIN_SETTINGS", [(32, 4), (64, 8)])
+    monkeypatch.setattr(benchmark_recall, "TEST_SETTINGS", [(32, 4), (512, 64)])
+    drawn = []  # seq_len of every row batch the run makes, training first, then the test rows
+    real = benchmark_recall.make_mqar
+    monkeypatch.setattr(benchmark_recall, "make_mqar", lambda n, seq_len, *a, **k: drawn.append(seq_len) or real(n, seq_len, *a, **k))
+    share = {}
+    for weight in (1, 5):
+        drawn.clear()
+        benchmark_recall.main(["--models", "gpt", "--d_model", "64", "--n_layer", "1", "--steps", "300",
+                               "--tokens_per_step", "64", "--test_examples", "4", "--lrs", "1e-3",
+                               "--short_weight", str(weight), "--out_dir", str(tmp_path)])
+        share[weight] = drawn[:300].count(32) / 300
+    assert abs(share[1] - 1 / 2) < 0.09 and abs(share[5] - 5 / 6) < 0.065  # 3 standard deviations of 300 draws
+    # each mix is its own run file, and a report takes only the runs of the mix it is given
+    runs = json.loads((tmp_path / "recall_runs.json").read_text())["runs"]
+    assert [r["short_weight"] for r in runs] == [5]
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 2
