@@ -12,10 +12,12 @@ attention does by looking back and a recurrent model only if its state holds the
 query positions only (per position, as Zoology reports it).
 
 Every model is trained from scratch with AdamW on freshly generated rows: each step draws one training
-setting (seq_len, pairs) and a batch of --tokens_per_step tokens of it. Rows are generated on the fly, so
-nothing is seen twice. After training, each model is tested on fixed rows of every test setting, including
-ones longer than training (rotary and RWKV models extrapolate; GPT's learned positions end at block_size:
-its cells there are "n/a"), and accuracy is split by key-query distance: within the SWA window or beyond it.
+setting (seq_len, pairs), the shortest --short_weight times as often as each other one, and a batch of
+--tokens_per_step tokens of it. The mix decides whether a model learns the task at all: with the shortest five
+times as often, as Zoology's mix has it, GPT with a token shift learns it; drawn uniformly, it does not (see
+assets/recall/README.md). Rows are generated on the fly, so nothing is seen twice. After training, each model is
+tested on fixed rows of every test setting, including ones longer than training (rotary and RWKV models
+extrapolate; GPT's learned positions end at block_size: its cells there are "n/a"), and accuracy is split by key-query distance: within the SWA window or beyond it.
 
 Each run (model x learning rate x seed) is one JSON file in OUT/runs/, so sweeps can run side by side (one
 thread each) and resume; the report takes, per model, the learning rate with the best mean accuracy at the
