@@ -17,7 +17,8 @@ setting (seq_len, pairs), the shortest --short_weight times as often as each oth
 times as often, as Zoology's mix has it, GPT with a token shift learns it; drawn uniformly, it does not (see
 assets/recall/README.md). Rows are generated on the fly, so nothing is seen twice. After training, each model is
 tested on fixed rows of every test setting, including ones longer than training (rotary and RWKV models
-extrapolate; GPT's learned positions end at block_size: its cells there are "n/a"), and accuracy is split by key-query distance: within the SWA window or beyond it.
+extrapolate; GPT's learned positions end at block_size: its cells there are "n/a"), and accuracy is split by
+key-query distance: within the SWA window or beyond it.
 
 Each run (model x learning rate x seed) is one JSON file in OUT/runs/, so sweeps can run side by side (one
 thread each) and resume; the report takes, per model, the learning rate with the best mean accuracy at the
