@@ -134,7 +134,8 @@ def test_short_weight_draws_the_shortest_setting_that_many_times_as_often(tmp_pa
     monkeypatch.setattr(benchmark_recall, "TEST_SETTINGS", [(32, 4), (512, 64)])
     drawn = []  # seq_len of every row batch the run makes, training first, then the test rows
     real = benchmark_recall.make_mqar
-    monkeypatch.setattr(benchmark_recall, "make_mqar", lambda n, seq_len, *a, **k: drawn.append(seq_len) or real(n, seq_len, *a, **k))
+    monkeypatch.setattr(benchmark_recall, "make_mqar",
+                        lambda n, seq_len, *a, **k: drawn.append(seq_len) or real(n, seq_len, *a, **k))
     share = {}
     for weight in (1, 5):
         drawn.clear()
